@@ -1,0 +1,167 @@
+/*
+ * Copyright (C) Gate authors
+ */
+
+
+/*
+ * Request headers Gate reads and writes.  Every X-Gate-* header the client
+ * sent is removed before the upstream sees it; only the ones Gate sets
+ * itself go through, so an upstream may trust them.
+ */
+
+
+#include "ngx_http_gate_headers.h"
+
+
+static ngx_uint_t ngx_http_gate_headers_is_gate(ngx_table_elt_t *h);
+
+
+ngx_table_elt_t *
+ngx_http_gate_headers_find(ngx_http_request_t *r, ngx_str_t *lowcase_name)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == lowcase_name->len
+            && ngx_strncmp(h[i].lowcase_key, lowcase_name->data,
+                           lowcase_name->len) == 0)
+        {
+            return &h[i];
+        }
+    }
+}
+
+
+/*
+ * nginx keeps pointers to known headers (Host, Cookie, ...) inside the
+ * list, so elements are never moved: a new list is built without the
+ * X-Gate-* ones, and the old elements stay where those pointers expect
+ * them.  This costs nothing unless a client actually sent such a header.
+ */
+
+ngx_int_t
+ngx_http_gate_headers_strip(ngx_http_request_t *r)
+{
+    ngx_uint_t        i, n, found;
+    ngx_list_t        list;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *copy;
+
+    found = 0;
+    n = 0;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        n++;
+
+        if (ngx_http_gate_headers_is_gate(&h[i])) {
+            found++;
+        }
+    }
+
+    if (found == 0) {
+        return NGX_OK;
+    }
+
+    if (ngx_list_init(&list, r->pool, n - found + 4, sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (ngx_http_gate_headers_is_gate(&h[i])) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "gate: dropping client header \"%V\"", &h[i].key);
+            continue;
+        }
+
+        copy = ngx_list_push(&list);
+        if (copy == NULL) {
+            return NGX_ERROR;
+        }
+
+        *copy = h[i];
+    }
+
+    r->headers_in.headers = list;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_gate_headers_set(ngx_http_request_t *r, ngx_str_t *name,
+    ngx_str_t *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_in.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->key = *name;
+    h->value = *value;
+
+    h->lowcase_key = ngx_pnalloc(r->pool, name->len);
+    if (h->lowcase_key == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = ngx_hash_strlow(h->lowcase_key, name->data, name->len);
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_gate_headers_is_gate(ngx_table_elt_t *h)
+{
+    return h->key.len >= sizeof("x-gate-") - 1
+           && ngx_strncasecmp(h->key.data, (u_char *) "x-gate-",
+                              sizeof("x-gate-") - 1) == 0;
+}

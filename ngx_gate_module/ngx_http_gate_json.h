@@ -1,0 +1,19 @@
+/*
+ * Copyright (C) Gate authors
+ */
+
+
+#ifndef _NGX_HTTP_GATE_JSON_H_INCLUDED_
+#define _NGX_HTTP_GATE_JSON_H_INCLUDED_
+
+
+#include "ngx_http_gate_module.h"
+
+
+ngx_int_t ngx_http_gate_json_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *message);
+ngx_int_t ngx_http_gate_json_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *body);
+
+
+#endif /* _NGX_HTTP_GATE_JSON_H_INCLUDED_ */

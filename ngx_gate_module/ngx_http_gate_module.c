@@ -1,0 +1,431 @@
+/*
+ * Copyright (C) Gate authors
+ */
+
+
+/*
+ * ngx_http_gate_module: directives, configuration and registration.  The
+ * work itself lives in one file per concern (access, token, redis, cache,
+ * credential, headers, json, variables).
+ */
+
+
+#include "ngx_http_gate_module.h"
+#include "ngx_http_gate_access.h"
+#include "ngx_http_gate_cache.h"
+#include "ngx_http_gate_redis.h"
+#include "ngx_http_gate_token.h"
+#include "ngx_http_gate_variables.h"
+
+
+static ngx_int_t ngx_http_gate_preconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_gate_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_gate_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_gate_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_gate_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_gate_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_gate_cache(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_gate_auth(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_gate_scope(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_gate_tenant(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_gate_init_process(ngx_cycle_t *cycle);
+static void ngx_http_gate_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_command_t  ngx_http_gate_commands[] = {
+
+    { ngx_string("gate_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_gate_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("gate_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_gate_cache,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("gate_auth"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_gate_auth,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("gate_scope"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_gate_scope,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("gate_tenant"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_gate_tenant,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_gate_module_ctx = {
+    ngx_http_gate_preconfiguration,        /* preconfiguration */
+    ngx_http_gate_postconfiguration,       /* postconfiguration */
+
+    ngx_http_gate_create_main_conf,        /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_gate_create_loc_conf,         /* create location configuration */
+    ngx_http_gate_merge_loc_conf           /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_gate_module = {
+    NGX_MODULE_V1,
+    &ngx_http_gate_module_ctx,             /* module context */
+    ngx_http_gate_commands,                /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_gate_init_process,            /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_gate_exit_process,            /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_int_t
+ngx_http_gate_preconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_gate_variables_add(cf);
+}
+
+
+static ngx_int_t
+ngx_http_gate_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_gate_access_handler;
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_gate_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_gate_main_conf_t  *gmcf;
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     gmcf->redis = NULL;
+     *     gmcf->cache = NULL;
+     */
+
+    gmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_gate_main_conf_t));
+    if (gmcf == NULL) {
+        return NULL;
+    }
+
+    return gmcf;
+}
+
+
+static void *
+ngx_http_gate_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_gate_loc_conf_t  *glcf;
+
+    glcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_gate_loc_conf_t));
+    if (glcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     glcf->scope_list = { 0, NULL };
+     *     glcf->tenant_header = { 0, NULL };
+     */
+
+    glcf->active = NGX_CONF_UNSET;
+    glcf->auth = NGX_CONF_UNSET_UINT;
+    glcf->scopes = NGX_CONF_UNSET_PTR;
+    glcf->tenant = NGX_CONF_UNSET_UINT;
+
+    return glcf;
+}
+
+
+static char *
+ngx_http_gate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_gate_loc_conf_t *prev = parent;
+    ngx_http_gate_loc_conf_t *conf = child;
+
+    ngx_http_gate_main_conf_t  *gmcf;
+
+    ngx_conf_merge_value(conf->active, prev->active, 0);
+    ngx_conf_merge_uint_value(conf->auth, prev->auth, NGX_HTTP_GATE_AUTH_OFF);
+    ngx_conf_merge_ptr_value(conf->scopes, prev->scopes, NULL);
+    ngx_conf_merge_uint_value(conf->tenant, prev->tenant,
+                              NGX_HTTP_GATE_TENANT_CREDENTIAL);
+
+    if (conf->scope_list.data == NULL) {
+        conf->scope_list = prev->scope_list;
+    }
+
+    if (conf->tenant_header.data == NULL) {
+        conf->tenant_header = prev->tenant_header;
+    }
+
+    if (conf->auth == NGX_HTTP_GATE_AUTH_TOKEN) {
+        gmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_gate_module);
+
+        if (gmcf->redis == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"gate_auth token\" requires \"gate_redis\" "
+                               "at the http level");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_gate_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_gate_main_conf_t  *gmcf = conf;
+
+    return ngx_http_gate_redis_conf(cf, &gmcf->redis);
+}
+
+
+static char *
+ngx_http_gate_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_gate_main_conf_t  *gmcf = conf;
+
+    if (gmcf->cache) {
+        return "is duplicate";
+    }
+
+    return ngx_http_gate_cache_conf(cf, &gmcf->cache);
+}
+
+
+static char *
+ngx_http_gate_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_gate_loc_conf_t  *glcf = conf;
+
+    ngx_str_t  *value;
+
+    if (glcf->auth != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        glcf->auth = NGX_HTTP_GATE_AUTH_OFF;
+
+    } else if (ngx_strcmp(value[1].data, "token") == 0) {
+        glcf->auth = NGX_HTTP_GATE_AUTH_TOKEN;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be \"off\" or \"token\"",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    glcf->active = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/* RFC 6749, section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ) */
+
+static char *
+ngx_http_gate_scope(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_gate_loc_conf_t  *glcf = conf;
+
+    u_char      *p;
+    size_t       len;
+    ngx_str_t   *value, *scope;
+    ngx_uint_t   i, j;
+
+    if (glcf->scopes != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    glcf->scopes = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                    sizeof(ngx_str_t));
+    if (glcf->scopes == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    len = 0;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        for (j = 0; j < value[i].len; j++) {
+            p = &value[i].data[j];
+
+            if (*p < 0x21 || *p == 0x22 || *p == 0x5c || *p > 0x7e) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid scope \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        if (value[i].len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "empty scope");
+            return NGX_CONF_ERROR;
+        }
+
+        scope = ngx_array_push(glcf->scopes);
+        if (scope == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *scope = value[i];
+        len += value[i].len + 1;
+    }
+
+    glcf->scope_list.data = ngx_pnalloc(cf->pool, len);
+    if (glcf->scope_list.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    p = glcf->scope_list.data;
+    scope = glcf->scopes->elts;
+
+    for (i = 0; i < glcf->scopes->nelts; i++) {
+        if (i) {
+            *p++ = ' ';
+        }
+
+        p = ngx_cpymem(p, scope[i].data, scope[i].len);
+    }
+
+    glcf->scope_list.len = p - glcf->scope_list.data;
+    glcf->active = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_gate_tenant(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_gate_loc_conf_t  *glcf = conf;
+
+    ngx_str_t  *value;
+
+    if (glcf->tenant != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "credential") == 0)
+    {
+        glcf->tenant = NGX_HTTP_GATE_TENANT_CREDENTIAL;
+        glcf->active = 1;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value[1].data, "header") != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be \"credential\" or \"header NAME\"",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cf->args->nelts != 3 || value[2].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"gate_tenant header\" needs a header name");
+        return NGX_CONF_ERROR;
+    }
+
+    glcf->tenant = NGX_HTTP_GATE_TENANT_HEADER;
+
+    glcf->tenant_header.len = value[2].len;
+    glcf->tenant_header.data = ngx_pnalloc(cf->pool, value[2].len);
+    if (glcf->tenant_header.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_strlow(glcf->tenant_header.data, value[2].data, value[2].len);
+    glcf->active = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_gate_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_gate_main_conf_t  *gmcf;
+
+    /* cache manager and loader processes serve no requests */
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    gmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_gate_module);
+
+    if (gmcf == NULL || gmcf->redis == NULL) {
+        return NGX_OK;
+    }
+
+    return ngx_http_gate_redis_init_process(cycle, gmcf->redis,
+                                            ngx_http_gate_token_invalidate,
+                                            ngx_http_gate_token_resync);
+}
+
+
+static void
+ngx_http_gate_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_gate_redis_exit_process(cycle);
+}

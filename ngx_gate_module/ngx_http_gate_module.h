@@ -1,0 +1,83 @@
+/*
+ * Copyright (C) Gate authors
+ */
+
+
+#ifndef _NGX_HTTP_GATE_MODULE_H_INCLUDED_
+#define _NGX_HTTP_GATE_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+
+#define NGX_HTTP_GATE_AUTH_OFF         0
+#define NGX_HTTP_GATE_AUTH_TOKEN       1
+
+#define NGX_HTTP_GATE_TENANT_CREDENTIAL  0
+#define NGX_HTTP_GATE_TENANT_HEADER      1
+
+
+typedef struct ngx_http_gate_redis_s  ngx_http_gate_redis_t;
+typedef struct ngx_http_gate_cache_s  ngx_http_gate_cache_t;
+
+
+typedef struct {
+    ngx_http_gate_redis_t     *redis;
+    ngx_http_gate_cache_t     *cache;
+} ngx_http_gate_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                 active;        /* any gate_ directive here */
+    ngx_uint_t                 auth;
+    ngx_array_t               *scopes;        /* of ngx_str_t */
+    ngx_str_t                  scope_list;    /* "a b", for WWW-Authenticate */
+    ngx_uint_t                 tenant;
+    ngx_str_t                  tenant_header; /* lowercased */
+} ngx_http_gate_loc_conf_t;
+
+
+/* A credential record as Redis and the cache hold it. */
+
+typedef struct {
+    ngx_str_t                  tenant;
+    ngx_str_t                  subject;
+    ngx_str_t                  scope;
+    ngx_str_t                  id;
+    time_t                     exp;
+} ngx_http_gate_record_t;
+
+
+/* Where a request's credential lookup stands. */
+#define NGX_HTTP_GATE_STATE_NEW        0
+#define NGX_HTTP_GATE_STATE_WAIT       1
+#define NGX_HTTP_GATE_STATE_FOUND      2
+#define NGX_HTTP_GATE_STATE_UNKNOWN    3
+#define NGX_HTTP_GATE_STATE_ERROR      4
+
+
+typedef struct ngx_http_gate_redis_cmd_s  ngx_http_gate_redis_cmd_t;
+
+
+typedef struct {
+    ngx_http_request_t        *request;
+    ngx_uint_t                 state;
+    ngx_http_gate_redis_cmd_t *cmd;           /* in flight, if any */
+
+    ngx_http_gate_record_t     record;
+    u_char                     hash[32];      /* SHA-256 of the credential */
+    ngx_str_t                  tenant_asked;  /* the gate_tenant header */
+
+    ngx_str_t                  token_id;
+    ngx_str_t                  key_id;
+    ngx_str_t                  decision;      /* "allow" | "deny" | "error" */
+    ngx_str_t                  deny_reason;
+} ngx_http_gate_ctx_t;
+
+
+extern ngx_module_t  ngx_http_gate_module;
+
+
+#endif /* _NGX_HTTP_GATE_MODULE_H_INCLUDED_ */
