@@ -127,7 +127,13 @@ ngx_http_gate_headers_strip(ngx_http_request_t *r)
         *copy = h[i];
     }
 
+    /* the first part lives inside the list itself: re-point "last" at it */
+
     r->headers_in.headers = list;
+
+    if (list.last == &list.part) {
+        r->headers_in.headers.last = &r->headers_in.headers.part;
+    }
 
     return NGX_OK;
 }

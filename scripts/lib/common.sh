@@ -146,7 +146,7 @@ gate_pg_stop() {
 
 gate_psql() {
     local dir=$1 port=$2 db=$3; shift 3
-    psql -X -h "$dir" -p "$port" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@"
+    PGOPTIONS='-c client_min_messages=warning' psql -X -h "$dir" -p "$port" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@"
 }
 
 # Apply conf/sql/*.sql in order; every file is written to be re-runnable.

@@ -1,0 +1,102 @@
+# The module loads into Debian's nginx, the shipped example configuration
+# passes "nginx -t", and every bad directive value fails with a message that
+# names it.
+
+use strict;
+use warnings;
+
+use Test::More;
+use Gate::Test;
+
+my $t = Gate::Test->new;
+
+# conf/nginx/gate.conf as scripts/run renders it
+sub example_conf {
+    open my $fh, '<', $t->root . '/conf/nginx/gate.conf' or die $!;
+    my $conf = do { local $/; <$fh> };
+    my %v = (
+        MODULE => '%%MODULE%%', RUNDIR => '%%TESTDIR%%',
+        USER => ($> == 0 ? 'user root;' : ''), REDIS_PORT => $t->port('REDIS'),
+        KRATOS_PUBLIC_PORT => $t->port('KRATOS'), APP_PORT => $t->port('APP'),
+        HTTP_PORT => '%%PORT_HTTP%%',
+    );
+    $conf =~ s/%%(\w+)%%/$v{$1} \/\/ "%%$1%%"/ge;
+    $conf =~ s{%%TESTDIR%%/nginx/}{%%TESTDIR%%/}g;
+    return $conf;
+}
+
+my ($rc, $out) = $t->nginx_test_config(example_conf());
+is $rc, 0, 'the example configuration passes nginx -t with the module loaded'
+    or diag $out;
+like $out, qr/syntax is ok/, 'nginx -t reports the syntax is ok';
+
+sub conf_with {
+    my ($http, $location) = @_;
+    $location //= '';
+    return <<"EOF";
+%%GLOBALS%%
+http {
+    %%HTTP_GLOBALS%%
+    $http
+    server {
+        listen 127.0.0.1:%%PORT_HTTP%%;
+        location / {
+            $location
+            return 204;
+        }
+    }
+}
+EOF
+}
+
+my $redis = 'gate_redis 127.0.0.1:6379;';
+
+my @bad = (
+    [ 'gate_redis with a host name',
+      conf_with('gate_redis localhost:6379;'), qr/"localhost:6379"/ ],
+    [ 'gate_redis with a port out of range',
+      conf_with('gate_redis 127.0.0.1:70000;'), qr/"127\.0\.0\.1:70000"/ ],
+    [ 'gate_redis with an unknown parameter',
+      conf_with('gate_redis 127.0.0.1:6379 speed=fast;'), qr/"speed=fast"/ ],
+    [ 'gate_redis with a bad timeout',
+      conf_with('gate_redis 127.0.0.1:6379 timeout=soon;'), qr/"timeout=soon"/ ],
+    [ 'gate_redis with a bad database',
+      conf_with('gate_redis 127.0.0.1:6379 database=x;'), qr/"database=x"/ ],
+    [ 'gate_redis twice',
+      conf_with("$redis $redis"), qr/"gate_redis" directive is duplicate/ ],
+    [ 'gate_cache without a size',
+      conf_with("$redis gate_cache zone=gate;"), qr/"zone=gate"/ ],
+    [ 'gate_cache with a zero ttl',
+      conf_with("$redis gate_cache zone=gate:1m ttl=0;"), qr/"ttl=0"/ ],
+    [ 'gate_cache with an unknown parameter',
+      conf_with("$redis gate_cache zone=gate:1m colour=blue;"), qr/"colour=blue"/ ],
+    [ 'gate_auth with an unknown value',
+      conf_with($redis, 'gate_auth bogus;'), qr/invalid value "bogus"/ ],
+    [ 'gate_auth token without gate_redis',
+      conf_with('', 'gate_auth token;'), qr/requires "gate_redis"/ ],
+    [ 'gate_scope with a quote',
+      conf_with($redis, 'gate_scope \'re"ad\';'), qr/invalid scope "re"ad"/ ],
+    [ 'gate_tenant with an unknown source',
+      conf_with($redis, 'gate_tenant cookie;'), qr/invalid value "cookie"/ ],
+    [ 'gate_tenant header without a name',
+      conf_with($redis, 'gate_tenant header;'), qr/needs a header name/ ],
+);
+
+for my $case (@bad) {
+    my ($name, $conf, $message) = @$case;
+    my ($rc, $out) = $t->nginx_test_config($conf);
+    isnt $rc, 0, "$name fails nginx -t";
+    like $out, $message, "$name names the bad value";
+}
+
+# A secret never reaches the log, even when the line is wrong.
+($rc, $out) = $t->nginx_test_config(conf_with('gate_redis 127.0.0.1:6379 password= ;'));
+isnt $rc, 0, 'an empty redis password fails nginx -t';
+
+($rc, $out) = $t->nginx_test_config(
+    conf_with('gate_redis 127.0.0.1:6379 password=s3cret-value timeout=x;'));
+isnt $rc, 0, 'a bad parameter next to a password fails';
+unlike $out, qr/s3cret-value/, 'the password is not echoed in the error';
+
+$t->finish;
+done_testing;
