@@ -51,6 +51,12 @@ ngx_http_gate_access_handler(ngx_http_request_t *r)
     glcf = ngx_http_get_module_loc_conf(r, ngx_http_gate_module);
 
     if (!glcf->active) {
+        /* X-Gate-* is Gate's namespace wherever the module is loaded */
+
+        if (ngx_http_gate_headers_strip(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         return NGX_DECLINED;
     }
 
