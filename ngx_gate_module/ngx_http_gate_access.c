@@ -16,12 +16,12 @@
 #include "ngx_http_gate_credential.h"
 #include "ngx_http_gate_headers.h"
 #include "ngx_http_gate_json.h"
-#include "ngx_http_gate_token.h"
+#include "ngx_http_gate_lookup.h"
 
 
 static ngx_int_t ngx_http_gate_access_start(ngx_http_request_t *r,
     ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t **ctxp);
-static ngx_int_t ngx_http_gate_access_token(ngx_http_request_t *r,
+static ngx_int_t ngx_http_gate_access_credential(ngx_http_request_t *r,
     ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx);
 static ngx_int_t ngx_http_gate_access_decide(ngx_http_request_t *r,
     ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx);
@@ -39,6 +39,27 @@ static ngx_int_t ngx_http_gate_access_bearer_challenge(ngx_http_request_t *r,
 static ngx_str_t  ngx_http_gate_header_tenant = ngx_string("X-Gate-Tenant-Id");
 static ngx_str_t  ngx_http_gate_header_subject = ngx_string("X-Gate-Subject");
 static ngx_str_t  ngx_http_gate_header_scopes = ngx_string("X-Gate-Scopes");
+static ngx_str_t  ngx_http_gate_header_key = ngx_string("X-Gate-Key-Id");
+
+
+/* What each kind of credential is called in errors. */
+
+typedef struct {
+    const char  *prefix;
+    const char  *code;
+    const char  *missing;
+    const char  *invalid;
+} ngx_http_gate_access_kind_t;
+
+
+static ngx_http_gate_access_kind_t  ngx_http_gate_access_kinds[] = {
+    { "gat_live_", "invalid_token",
+      "An access token is required: Authorization: Bearer gat_live_...",
+      "The access token is invalid." },
+    { "gate_live_sk_", "invalid_key",
+      "A secret key is required: Authorization: Bearer gate_live_sk_...",
+      "The secret key is invalid." }
+};
 
 
 ngx_int_t
@@ -72,7 +93,7 @@ ngx_http_gate_access_handler(ngx_http_request_t *r)
     switch (ctx->state) {
 
     case NGX_HTTP_GATE_STATE_NEW:
-        return ngx_http_gate_access_token(r, glcf, ctx);
+        return ngx_http_gate_access_credential(r, glcf, ctx);
 
     case NGX_HTTP_GATE_STATE_WAIT:
         return NGX_AGAIN;
@@ -124,13 +145,18 @@ ngx_http_gate_access_start(ngx_http_request_t *r,
 
 
 static ngx_int_t
-ngx_http_gate_access_token(ngx_http_request_t *r,
+ngx_http_gate_access_credential(ngx_http_request_t *r,
     ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx)
 {
-    ngx_int_t   rc;
-    ngx_str_t   token;
+    ngx_int_t                     rc;
+    ngx_str_t                     credential;
+    ngx_http_gate_access_kind_t  *kind;
 
-    switch (ngx_http_gate_credential_bearer(r, &token)) {
+    ctx->kind = (glcf->auth == NGX_HTTP_GATE_AUTH_SECRET_KEY)
+                ? NGX_HTTP_GATE_LOOKUP_KEY : NGX_HTTP_GATE_LOOKUP_TOKEN;
+    kind = &ngx_http_gate_access_kinds[ctx->kind];
+
+    switch (ngx_http_gate_credential_bearer(r, &credential)) {
 
     case NGX_HTTP_GATE_BEARER_MISSING:
         if (ngx_http_gate_access_bearer_challenge(r, glcf, NULL) != NGX_OK) {
@@ -138,9 +164,8 @@ ngx_http_gate_access_token(ngx_http_request_t *r,
         }
 
         return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_UNAUTHORIZED,
-                   "invalid_token", "missing_token",
-                   "An access token is required: "
-                   "Authorization: Bearer gat_live_...");
+                                         kind->code, "missing_credential",
+                                         kind->missing);
 
     case NGX_HTTP_GATE_BEARER_INVALID:
         goto malformed;
@@ -149,15 +174,13 @@ ngx_http_gate_access_token(ngx_http_request_t *r,
         break;
     }
 
-    if (ngx_http_gate_credential_check(&token, NGX_HTTP_GATE_TOKEN_PREFIX)
-        != NGX_OK)
-    {
+    if (ngx_http_gate_credential_check(&credential, kind->prefix) != NGX_OK) {
         goto malformed;
     }
 
-    ngx_http_gate_credential_hash(&token, ctx->hash);
+    ngx_http_gate_credential_hash(&credential, ctx->hash);
 
-    rc = ngx_http_gate_token_lookup(r, ctx);
+    rc = ngx_http_gate_lookup(r, ctx, ctx->kind);
 
     if (rc == NGX_AGAIN) {
         return NGX_AGAIN;
@@ -178,8 +201,8 @@ malformed:
     }
 
     return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_UNAUTHORIZED,
-                                     "invalid_token", "malformed_token",
-                                     "The access token is invalid.");
+                                     kind->code, "malformed_credential",
+                                     kind->invalid);
 }
 
 
@@ -200,7 +223,7 @@ ngx_http_gate_access_decide(ngx_http_request_t *r,
                    "The credential store is unavailable; try again later.");
 
     case NGX_HTTP_GATE_STATE_UNKNOWN:
-        reason = "unknown_token";
+        reason = "unknown_credential";
         goto invalid;
 
     default:
@@ -208,7 +231,7 @@ ngx_http_gate_access_decide(ngx_http_request_t *r,
     }
 
     if (ctx->record.exp <= ngx_time()) {
-        reason = "expired_token";
+        reason = "expired_credential";
         goto invalid;
     }
 
@@ -231,7 +254,9 @@ ngx_http_gate_access_decide(ngx_http_request_t *r,
         }
     }
 
-    if (!ngx_http_gate_access_has_scopes(glcf->scopes, &ctx->record.scope)) {
+    if (ctx->kind == NGX_HTTP_GATE_LOOKUP_TOKEN
+        && !ngx_http_gate_access_has_scopes(glcf->scopes, &ctx->record.scope))
+    {
 
         if (ngx_http_gate_access_bearer_challenge(r, glcf,
                                                   "insufficient_scope")
@@ -256,8 +281,9 @@ invalid:
     }
 
     return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_UNAUTHORIZED,
-                                     "invalid_token", reason,
-                                     "The access token is invalid.");
+                               ngx_http_gate_access_kinds[ctx->kind].code,
+                               reason,
+                               ngx_http_gate_access_kinds[ctx->kind].invalid);
 }
 
 
@@ -309,6 +335,21 @@ static ngx_int_t
 ngx_http_gate_access_allow(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx)
 {
     ngx_str_set(&ctx->decision, "allow");
+
+    if (ctx->kind == NGX_HTTP_GATE_LOOKUP_KEY) {
+        ctx->key_id = ctx->record.id;
+
+        if (ngx_http_gate_headers_set(r, &ngx_http_gate_header_tenant,
+                                      &ctx->record.tenant) != NGX_OK
+            || ngx_http_gate_headers_set(r, &ngx_http_gate_header_key,
+                                         &ctx->key_id) != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
     ctx->token_id = ctx->record.id;
 
     if (ngx_http_gate_headers_set(r, &ngx_http_gate_header_tenant,
@@ -353,6 +394,7 @@ ngx_http_gate_access_deny(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx,
     ngx_str_null(&ctx->record.subject);
     ngx_str_null(&ctx->record.scope);
     ngx_str_null(&ctx->token_id);
+    ngx_str_null(&ctx->key_id);
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "gate: denied: %s", reason);

@@ -14,7 +14,8 @@
 #include "ngx_http_gate_access.h"
 #include "ngx_http_gate_cache.h"
 #include "ngx_http_gate_redis.h"
-#include "ngx_http_gate_token.h"
+#include "ngx_http_gate_lookup.h"
+#include "ngx_http_gate_pg.h"
 #include "ngx_http_gate_variables.h"
 
 
@@ -25,6 +26,8 @@ static void *ngx_http_gate_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_gate_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_gate_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_gate_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_gate_cache(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -43,6 +46,13 @@ static ngx_command_t  ngx_http_gate_commands[] = {
     { ngx_string("gate_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_gate_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("gate_postgres"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_gate_postgres,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -145,6 +155,7 @@ ngx_http_gate_create_main_conf(ngx_conf_t *cf)
      * set by ngx_pcalloc():
      *
      *     gmcf->redis = NULL;
+     *     gmcf->pg = NULL;
      *     gmcf->cache = NULL;
      */
 
@@ -205,13 +216,13 @@ ngx_http_gate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->tenant_header = prev->tenant_header;
     }
 
-    if (conf->auth == NGX_HTTP_GATE_AUTH_TOKEN) {
+    if (conf->auth != NGX_HTTP_GATE_AUTH_OFF) {
         gmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_gate_module);
 
-        if (gmcf->redis == NULL) {
+        if (gmcf->redis == NULL && gmcf->pg == NULL) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"gate_auth token\" requires \"gate_redis\" "
-                               "at the http level");
+                               "\"gate_auth\" requires \"gate_redis\" or "
+                               "\"gate_postgres\" at the http level");
             return NGX_CONF_ERROR;
         }
     }
@@ -226,6 +237,15 @@ ngx_http_gate_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_gate_main_conf_t  *gmcf = conf;
 
     return ngx_http_gate_redis_conf(cf, &gmcf->redis);
+}
+
+
+static char *
+ngx_http_gate_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_gate_main_conf_t  *gmcf = conf;
+
+    return ngx_http_gate_pg_conf(cf, &gmcf->pg);
 }
 
 
@@ -261,10 +281,14 @@ ngx_http_gate_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     } else if (ngx_strcmp(value[1].data, "token") == 0) {
         glcf->auth = NGX_HTTP_GATE_AUTH_TOKEN;
 
+    } else if (ngx_strcmp(value[1].data, "secret_key") == 0) {
+        glcf->auth = NGX_HTTP_GATE_AUTH_SECRET_KEY;
+
     } else {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid value \"%V\" in \"%V\" directive, "
-                           "it must be \"off\" or \"token\"",
+                           "it must be \"off\", \"token\" or "
+                           "\"secret_key\"",
                            &value[1], &cmd->name);
         return NGX_CONF_ERROR;
     }
@@ -414,13 +438,26 @@ ngx_http_gate_init_process(ngx_cycle_t *cycle)
 
     gmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_gate_module);
 
-    if (gmcf == NULL || gmcf->redis == NULL) {
+    if (gmcf == NULL) {
         return NGX_OK;
     }
 
-    return ngx_http_gate_redis_init_process(cycle, gmcf->redis,
-                                            ngx_http_gate_token_invalidate,
-                                            ngx_http_gate_token_resync);
+    if (gmcf->pg
+        && ngx_http_gate_pg_init_process(cycle, gmcf->pg) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (gmcf->redis
+        && ngx_http_gate_redis_init_process(cycle, gmcf->redis,
+                                            ngx_http_gate_lookup_invalidate,
+                                            ngx_http_gate_lookup_resync)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -428,4 +465,5 @@ static void
 ngx_http_gate_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_gate_redis_exit_process(cycle);
+    ngx_http_gate_pg_exit_process(cycle);
 }

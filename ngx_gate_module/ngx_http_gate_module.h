@@ -14,6 +14,7 @@
 
 #define NGX_HTTP_GATE_AUTH_OFF         0
 #define NGX_HTTP_GATE_AUTH_TOKEN       1
+#define NGX_HTTP_GATE_AUTH_SECRET_KEY  2
 
 #define NGX_HTTP_GATE_TENANT_CREDENTIAL  0
 #define NGX_HTTP_GATE_TENANT_HEADER      1
@@ -21,10 +22,12 @@
 
 typedef struct ngx_http_gate_redis_s  ngx_http_gate_redis_t;
 typedef struct ngx_http_gate_cache_s  ngx_http_gate_cache_t;
+typedef struct ngx_http_gate_pg_s     ngx_http_gate_pg_t;
 
 
 typedef struct {
     ngx_http_gate_redis_t     *redis;
+    ngx_http_gate_pg_t        *pg;
     ngx_http_gate_cache_t     *cache;
 } ngx_http_gate_main_conf_t;
 
@@ -59,15 +62,19 @@ typedef struct {
 
 
 typedef struct ngx_http_gate_redis_cmd_s  ngx_http_gate_redis_cmd_t;
+typedef struct ngx_http_gate_pg_query_s   ngx_http_gate_pg_query_t;
 
 
 typedef struct {
     ngx_http_request_t        *request;
     ngx_uint_t                 state;
+    ngx_uint_t                 kind;          /* NGX_HTTP_GATE_LOOKUP_* */
     ngx_http_gate_redis_cmd_t *cmd;           /* in flight, if any */
+    ngx_http_gate_pg_query_t  *query;         /* in flight, if any */
 
     ngx_http_gate_record_t     record;
     u_char                     hash[32];      /* SHA-256 of the credential */
+    ngx_str_t                  hex;           /* the same, in hex */
     ngx_str_t                  tenant_asked;  /* the gate_tenant header */
 
     ngx_str_t                  token_id;

@@ -224,7 +224,7 @@ subtest 'variables in the access log' => sub {
     my $log = do { local (@ARGV, $/) = ($t->dir . '/n1/gate.log'); <> } // '';
     like $log, qr/^200 allow "-" "\Q$tenant\E" "user-1" "\Q$id\E"$/m, 'allowed: decision and identity';
     like $log, qr/^403 deny "insufficient_scope" "-" "-" "-"$/m, 'scope denial: reason, no identity';
-    like $log, qr/^401 deny "missing_token"/m, 'missing token: reason';
+    like $log, qr/^401 deny "missing_credential"/m, 'missing token: reason';
 };
 
 $t->finish;
