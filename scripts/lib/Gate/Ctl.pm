@@ -22,6 +22,12 @@ usage: gatectl tenant create --slug SLUG --name NAME [--plan PLAN]
        gatectl tenant disable SLUG
        gatectl tenant enable SLUG
 EOT
+    key => <<'EOT',
+usage: gatectl key create SLUG [--expires-in 90d] [--quiet]
+       gatectl key list SLUG
+       gatectl key revoke KEY_ID
+       gatectl key rotate KEY_ID [--overlap 24h] [--quiet]
+EOT
     token => <<'EOT',
 usage: gatectl token create SLUG --subject ID [--scope "a b"] [--ttl 1h] [--quiet]
        gatectl token revoke TOKEN_ID
@@ -133,6 +139,23 @@ sub redis {
     );
 }
 
+# A revoked credential's Redis record becomes a tombstone rather than
+# disappearing: nginx writes records it read from PostgreSQL back to Redis
+# only where nothing is, so a lookup racing the revocation cannot undo it.
+my $TOMBSTONE = <<'LUA';
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'revoked', '1')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+LUA
+
+sub tombstone {
+    my ($r, $key, $ttl) = @_;
+    $ttl = 86400 if !$ttl || $ttl > 86400;
+    $ttl = 60 if $ttl < 60;
+    $r->command('EVAL', $TOMBSTONE, 1, $key, $ttl);
+}
+
 sub valid_slug { return $_[0] =~ /\A[a-z0-9][a-z0-9-]{1,62}\z/ }
 
 sub tenant_by_slug {
@@ -207,18 +230,21 @@ sub tenant_disable {
     die $USAGE{tenant} unless defined $slug;
     my $t = tenant_by_slug($slug);
 
-    my @hashes = sql(<<'SQL', id => $t->{id});
+    my @rows = sql(<<'SQL', id => $t->{id});
 BEGIN;
 UPDATE tenants SET disabled_at = now()
  WHERE id = :'id' AND disabled_at IS NULL;
 UPDATE access_tokens SET revoked_at = now()
  WHERE tenant_id = :'id' AND revoked_at IS NULL
-RETURNING token_hash;
+RETURNING 'tok', token_hash,
+          extract(epoch FROM expires_at - now())::bigint;
+SELECT 'key', key_hash, 86400 FROM api_keys
+ WHERE tenant_id = :'id' AND revoked_at IS NULL;
 COMMIT;
 SQL
 
     my $r = redis();
-    $r->command('DEL', map { "gate:tok:$_->[0]" } @hashes) if @hashes;
+    tombstone($r, "gate:$_->[0]:$_->[1]", $_->[2]) for @rows;
     $r->command('PUBLISH', 'gate:invalidate', "tenant:$t->{id}");
 
     print "tenant $slug disabled\n";
@@ -230,8 +256,14 @@ sub tenant_enable {
     die $USAGE{tenant} unless defined $slug;
     my $t = tenant_by_slug($slug);
 
-    sql("UPDATE tenants SET disabled_at = NULL WHERE id = :'id';\n",
-        id => $t->{id});
+    my @keys = sql(<<'SQL', id => $t->{id});
+UPDATE tenants SET disabled_at = NULL WHERE id = :'id';
+SELECT key_hash FROM api_keys WHERE tenant_id = :'id' AND revoked_at IS NULL;
+SQL
+
+    # the keys' tombstones from the disable go; their truth is PostgreSQL
+    my $r = redis();
+    $r->command('DEL', map { "gate:key:$_->[0]" } @keys) if @keys;
 
     print "tenant $slug enabled\n";
     return 0;
@@ -321,18 +353,147 @@ sub token_revoke {
         unless $id =~ /\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\z/;
 
     my ($row) = sql(<<'SQL', id => $id);
-WITH t AS (SELECT id, token_hash, revoked_at FROM access_tokens WHERE id = :'id'),
+WITH t AS (SELECT id, token_hash, expires_at FROM access_tokens WHERE id = :'id'),
      u AS (UPDATE access_tokens SET revoked_at = now()
             WHERE id = :'id' AND revoked_at IS NULL)
-SELECT token_hash FROM t;
+SELECT token_hash, greatest(extract(epoch FROM expires_at - now())::bigint, 0) FROM t;
 SQL
     die "no token \"$id\"\n" unless $row;
 
     my $r = redis();
-    $r->command('DEL', "gate:tok:$row->[0]");
+    tombstone($r, "gate:tok:$row->[0]", $row->[1]);
     $r->command('PUBLISH', 'gate:invalidate', $row->[0]);
 
     print "token $id revoked\n";
+    return 0;
+}
+
+sub valid_uuid {
+    return $_[0] =~ /\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\z/;
+}
+
+# Inserts a new secret key for a tenant; returns (key, id).
+sub insert_key {
+    my ($tenant_id, $expires_in) = @_;
+    my $key = new_secret('gate_live_sk_');
+    my $hash = sha256_hex($key);
+    my $display = substr($key, 0, length('gate_live_sk_') + 8) . '...';
+
+    my ($row) = sql(<<'SQL', tenant => $tenant_id, hash => $hash, display => $display, ttl => $expires_in // '');
+INSERT INTO api_keys (id, tenant_id, key_hash, display, expires_at)
+VALUES (gen_random_uuid(), :'tenant', :'hash', :'display',
+        CASE WHEN :'ttl' = '' THEN NULL
+             ELSE now() + make_interval(secs => nullif(:'ttl', '')::double precision) END)
+RETURNING id;
+SQL
+    return ($key, $row->[0]);
+}
+
+sub print_key {
+    my ($quiet, $key, $id, $slug, $extra) = @_;
+    if ($quiet) {
+        print "$key\n";
+        return;
+    }
+    print "key:    $key\n",
+          "key_id: $id\n",
+          "tenant: $slug\n",
+          ($extra // ''),
+          "(shown once: only its SHA-256 is stored)\n";
+}
+
+sub key_create {
+    my ($opt, $slug) = options({ 'expires-in' => 1, quiet => 'flag' }, @_);
+    die $USAGE{key} unless defined $slug;
+    my $ttl = defined $opt->{'expires-in'} ? parse_ttl($opt->{'expires-in'}) : undef;
+
+    my $t = tenant_by_slug($slug);
+    die "tenant \"$slug\" is disabled\n" if $t->{state} eq 'disabled';
+
+    my ($key, $id) = insert_key($t->{id}, $ttl);
+    print_key($opt->{quiet}, $key, $id, $slug);
+    return 0;
+}
+
+sub key_list {
+    my ($opt, $slug) = options({}, @_);
+    die $USAGE{key} unless defined $slug;
+    my $t = tenant_by_slug($slug);
+
+    my @rows = sql(<<'SQL', id => $t->{id});
+SELECT id, display,
+       to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'),
+       coalesce(to_char(last_used_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), '-'),
+       CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
+            WHEN expires_at IS NOT NULL AND expires_at <= now() THEN 'expired'
+            WHEN expires_at IS NOT NULL
+                 THEN 'expires ' || to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
+            ELSE 'active' END
+  FROM api_keys WHERE tenant_id = :'id' ORDER BY created_at, id;
+SQL
+    printf "%-36s  %-24s  %-16s  %-16s  %s\n", 'ID', 'KEY', 'CREATED', 'LAST USED', 'STATE';
+    printf "%-36s  %-24s  %-16s  %-16s  %s\n", @$_ for @rows;
+    return 0;
+}
+
+sub key_revoke {
+    my ($opt, $id) = options({}, @_);
+    die $USAGE{key} unless defined $id;
+    die "invalid key id \"$id\"\n" unless valid_uuid($id);
+
+    my ($row) = sql(<<'SQL', id => $id);
+WITH k AS (SELECT id, key_hash FROM api_keys WHERE id = :'id'),
+     u AS (UPDATE api_keys SET revoked_at = now()
+            WHERE id = :'id' AND revoked_at IS NULL)
+SELECT key_hash FROM k;
+SQL
+    die "no key \"$id\"\n" unless $row;
+
+    my $r = redis();
+    tombstone($r, "gate:key:$row->[0]", 86400);
+    $r->command('PUBLISH', 'gate:invalidate', $row->[0]);
+
+    print "key $id revoked\n";
+    return 0;
+}
+
+# A new key now; the old one keeps working until the overlap ends.
+sub key_rotate {
+    my ($opt, $id) = options({ overlap => 1, quiet => 'flag' }, @_);
+    die $USAGE{key} unless defined $id;
+    die "invalid key id \"$id\"\n" unless valid_uuid($id);
+    my $overlap = defined $opt->{overlap} && $opt->{overlap} =~ /\A0+[smhd]?\z/
+                  ? 0 : parse_ttl($opt->{overlap} // '24h');
+
+    my ($old) = sql(<<'SQL', id => $id);
+SELECT k.tenant_id, k.key_hash, t.slug,
+       (k.revoked_at IS NOT NULL OR (k.expires_at IS NOT NULL AND k.expires_at <= now()))
+  FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = :'id';
+SQL
+    die "no key \"$id\"\n" unless $old;
+    die "key \"$id\" is revoked or expired: create a new one instead\n" if $old->[3] eq 't';
+
+    my ($key, $new_id) = insert_key($old->[0], undef);
+
+    sql(<<'SQL', id => $id, overlap => $overlap);
+UPDATE api_keys
+   SET expires_at = LEAST(coalesce(expires_at, 'infinity'),
+                          now() + make_interval(secs => :'overlap'))
+ WHERE id = :'id';
+SQL
+
+    # the old record carries the old end: drop it everywhere, PostgreSQL
+    # gives the new one on the next lookup
+    my $r = redis();
+    if ($overlap == 0) {
+        tombstone($r, "gate:key:$old->[1]", 86400);
+    } else {
+        $r->command('DEL', "gate:key:$old->[1]");
+    }
+    $r->command('PUBLISH', 'gate:invalidate', $old->[1]);
+
+    print_key($opt->{quiet}, $key, $new_id, $old->[2],
+              "old key $id works until " . ($overlap ? "$overlap seconds from now" : 'now') . "\n");
     return 0;
 }
 
