@@ -435,7 +435,11 @@ ngx_http_gate_pg_attach(ngx_http_gate_pg_conn_t *pc)
 }
 
 
-/* libpq owns the socket: nginx forgets it, libpq closes it. */
+/*
+ * libpq owns the socket: nginx forgets it, libpq closes it.  When libpq
+ * has closed it already (a failed connect), the kernel dropped it from
+ * epoll and only nginx's own flags need clearing.
+ */
 
 static void
 ngx_http_gate_pg_detach(ngx_http_gate_pg_conn_t *pc)
@@ -446,7 +450,18 @@ ngx_http_gate_pg_detach(ngx_http_gate_pg_conn_t *pc)
         return;
     }
 
-    ngx_http_gate_pg_want(pc, 0, 0);
+    if (pc->pg && PQsocket(pc->pg) == c->fd) {
+        ngx_http_gate_pg_want(pc, 0, 0);
+
+    } else {
+        if (c->read->active) {
+            (void) ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+        }
+
+        if (c->write->active) {
+            (void) ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+        }
+    }
 
     if (c->read->posted) {
         ngx_delete_posted_event(c->read);
