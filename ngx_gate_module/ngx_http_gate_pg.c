@@ -544,6 +544,11 @@ ngx_http_gate_pg_event(ngx_event_t *ev)
         }
 
         if (pc->state == NGX_HTTP_GATE_PG_PREPARING) {
+            if (pc->result) {
+                PQclear(pc->result);
+                pc->result = NULL;
+            }
+
             if (pc->failed) {
                 ngx_http_gate_pg_fail(pc, "cannot prepare statements");
                 return;

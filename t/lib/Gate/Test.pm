@@ -177,9 +177,10 @@ sub _expand {
 
 sub _globals {
     my ($self) = @_;
-    # Under valgrind one process does everything (nginx-tests' habit): one
-    # report per start, and no workers to wait for.
-    my ($master, $workers) = $VALGRIND ? ('off', 1) : ('on', $self->{workers});
+    # Under valgrind one worker is enough, and the master stays so that a
+    # reload is a real reload (valgrind follows the forked worker; each
+    # process writes its own valgrind.PID.log).
+    my ($master, $workers) = $VALGRIND ? ('on', 1) : ('on', $self->{workers});
     return join "\n",
         ($self->{no_module} ? () : 'load_module %%MODULE%%;'),
         'daemon off;',
@@ -265,7 +266,7 @@ sub _valgrind_command {
     my $supp = "$self->{root}/t/valgrind.supp";
     # Only definite leaks count as errors: nginx frees its pools wholesale, so
     # "possibly lost" blocks (interior pointers into pools) are noise.
-    return ('valgrind', '--tool=memcheck', '--leak-check=full', '--show-leak-kinds=definite',
+    return ('valgrind', '--tool=memcheck', '--keep-debuginfo=yes', '--leak-check=full', '--show-leak-kinds=definite', '--num-callers=40',
             '--errors-for-leak-kinds=definite', '--error-exitcode=99', "--log-file=$dir/valgrind.%p.log",
             (-f $supp ? "--suppressions=$supp" : ()));
 }
@@ -290,16 +291,6 @@ sub reload_nginx {
     croak "nginx $name is not running" unless $inst && $self->_nginx_alive($inst);
     my $conf = $inst->{conf} = $opts{conf} // $inst->{conf};
 
-    if ($VALGRIND) {
-        # With master_process off, nginx builds the new cycle on HUP but never
-        # re-adds the listening sockets to epoll (ngx_single_process_cycle), so
-        # it stops accepting.  A restart is the closest thing that works.
-        Test::More::diag("Gate::Test: under valgrind, reloading nginx $name means restarting it");
-        $self->stop_nginx($name);
-        $self->start_nginx(name => $name, conf => $conf);
-        return 1;
-    }
-
     $self->write_file("$inst->{dir}/nginx.conf", $self->_expand($conf, $name, $inst->{dir}));
     my $pid = $inst->{pid};
     my %old = map { $_ => 1 } my @old = _worker_pids($pid);
@@ -307,7 +298,7 @@ sub reload_nginx {
     return $self->wait_for(sub {
         my @now = _worker_pids($pid);
         return @now && @now >= @old && !grep { $old{$_} } @now;
-    }, timeout => 10, interval => 0.05);
+    }, timeout => 10 * $SLOW, interval => 0.05);
 }
 
 # Worker processes of a master that are serving (not "shutting down" after a reload).
@@ -319,7 +310,8 @@ sub _worker_pids {
         my ($ppid) = _read_file($stat) =~ /\)\s+\S+\s+(\d+)/ or next;
         next unless $ppid == $master;
         (my $title = _read_file("/proc/$pid/cmdline")) =~ tr/\0//d;
-        push @workers, $pid if $title eq 'nginx: worker process';
+        # under valgrind the title is valgrind's command line: any child counts
+        push @workers, $pid if $title eq 'nginx: worker process' || $VALGRIND;
     }
     return @workers;
 }
