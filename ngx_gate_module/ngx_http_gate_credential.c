@@ -10,10 +10,21 @@
  */
 
 
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <zlib.h>
 
 #include "ngx_http_gate_credential.h"
+
+
+/*
+ * OpenSSL 3's one-shot SHA256() looks the algorithm up through the
+ * provider machinery on every call, which costs more than the hashing;
+ * each worker fetches it once and reuses one context.
+ */
+
+static EVP_MD      *ngx_http_gate_credential_md;
+static EVP_MD_CTX  *ngx_http_gate_credential_md_ctx;
 
 
 /*
@@ -143,7 +154,35 @@ ngx_http_gate_credential_check(ngx_str_t *credential, const char *prefix)
 void
 ngx_http_gate_credential_hash(ngx_str_t *credential, u_char *hash)
 {
+    unsigned int  len;
+
+    if (ngx_http_gate_credential_md == NULL) {
+        ngx_http_gate_credential_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+        ngx_http_gate_credential_md_ctx = EVP_MD_CTX_new();
+    }
+
+    if (ngx_http_gate_credential_md && ngx_http_gate_credential_md_ctx
+        && EVP_DigestInit_ex2(ngx_http_gate_credential_md_ctx,
+                              ngx_http_gate_credential_md, NULL)
+        && EVP_DigestUpdate(ngx_http_gate_credential_md_ctx,
+                            credential->data, credential->len)
+        && EVP_DigestFinal_ex(ngx_http_gate_credential_md_ctx, hash, &len))
+    {
+        return;
+    }
+
     SHA256(credential->data, credential->len, hash);
+}
+
+
+void
+ngx_http_gate_credential_exit(void)
+{
+    EVP_MD_CTX_free(ngx_http_gate_credential_md_ctx);
+    EVP_MD_free(ngx_http_gate_credential_md);
+
+    ngx_http_gate_credential_md_ctx = NULL;
+    ngx_http_gate_credential_md = NULL;
 }
 
 

@@ -13,7 +13,25 @@
 #include "ngx_http_gate_headers.h"
 
 
+#define NGX_HTTP_GATE_HEADER_NAME_MAX  32
+#define NGX_HTTP_GATE_HEADER_NAMES     8
+
+
+typedef struct {
+    u_char                    *name;          /* as set, for identity */
+    u_char                     lowcase[NGX_HTTP_GATE_HEADER_NAME_MAX];
+    ngx_uint_t                 hash;
+} ngx_http_gate_header_name_t;
+
+
 static ngx_uint_t ngx_http_gate_headers_is_gate(ngx_table_elt_t *h);
+static ngx_int_t ngx_http_gate_headers_lowcase(ngx_str_t *name,
+    ngx_table_elt_t *h);
+
+
+/* per worker; filled on first use of each name */
+static ngx_http_gate_header_name_t  ngx_http_gate_header_names[
+                                                 NGX_HTTP_GATE_HEADER_NAMES];
 
 
 ngx_table_elt_t *
@@ -153,6 +171,14 @@ ngx_http_gate_headers_set(ngx_http_request_t *r, ngx_str_t *name,
     h->key = *name;
     h->value = *value;
 
+    /* Gate's own names are few and fixed: their lowercase forms are kept */
+
+    if (name->len <= NGX_HTTP_GATE_HEADER_NAME_MAX) {
+        if (ngx_http_gate_headers_lowcase(name, h) == NGX_OK) {
+            return NGX_OK;
+        }
+    }
+
     h->lowcase_key = ngx_pnalloc(r->pool, name->len);
     if (h->lowcase_key == NULL) {
         return NGX_ERROR;
@@ -161,6 +187,36 @@ ngx_http_gate_headers_set(ngx_http_request_t *r, ngx_str_t *name,
     h->hash = ngx_hash_strlow(h->lowcase_key, name->data, name->len);
 
     return NGX_OK;
+}
+
+
+/*
+ * Names passed to ngx_http_gate_headers_set() are static strings, so
+ * their address identifies them.
+ */
+
+static ngx_int_t
+ngx_http_gate_headers_lowcase(ngx_str_t *name, ngx_table_elt_t *h)
+{
+    ngx_uint_t                    i;
+    ngx_http_gate_header_name_t  *n;
+
+    for (i = 0; i < NGX_HTTP_GATE_HEADER_NAMES; i++) {
+        n = &ngx_http_gate_header_names[i];
+
+        if (n->name == NULL) {
+            n->name = name->data;
+            n->hash = ngx_hash_strlow(n->lowcase, name->data, name->len);
+        }
+
+        if (n->name == name->data) {
+            h->lowcase_key = n->lowcase;
+            h->hash = n->hash;
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
 }
 
 

@@ -84,13 +84,6 @@ ngx_http_gate_lookup(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx,
     gmcf = ngx_http_get_module_main_conf(r, ngx_http_gate_module);
 
     ctx->kind = kind;
-    ctx->hex.len = NGX_HTTP_GATE_SHA256_HEX_LEN;
-    ctx->hex.data = ngx_pnalloc(r->pool, NGX_HTTP_GATE_SHA256_HEX_LEN);
-    if (ctx->hex.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_http_gate_credential_hex(ctx->hash, ctx->hex.data);
 
     if (ngx_http_gate_redis_subscribed()) {
         rc = ngx_http_gate_cache_get(gmcf->cache,
@@ -107,6 +100,16 @@ ngx_http_gate_lookup(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx,
             return NGX_OK;
         }
     }
+
+    /* a miss: Redis and PostgreSQL know credentials by their hex hash */
+
+    ctx->hex.len = NGX_HTTP_GATE_SHA256_HEX_LEN;
+    ctx->hex.data = ngx_pnalloc(r->pool, NGX_HTTP_GATE_SHA256_HEX_LEN);
+    if (ctx->hex.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_gate_credential_hex(ctx->hash, ctx->hex.data);
 
     cln = ngx_pool_cleanup_add(r->pool, 0);
     if (cln == NULL) {

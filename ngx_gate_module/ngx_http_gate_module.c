@@ -13,6 +13,7 @@
 #include "ngx_http_gate_module.h"
 #include "ngx_http_gate_access.h"
 #include "ngx_http_gate_cache.h"
+#include "ngx_http_gate_credential.h"
 #include "ngx_http_gate_redis.h"
 #include "ngx_http_gate_lookup.h"
 #include "ngx_http_gate_pg.h"
@@ -466,4 +467,5 @@ ngx_http_gate_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_gate_redis_exit_process(cycle);
     ngx_http_gate_pg_exit_process(cycle);
+    ngx_http_gate_credential_exit();
 }
