@@ -12,6 +12,7 @@
 
 #include "ngx_http_gate_module.h"
 #include "ngx_http_gate_access.h"
+#include "ngx_http_gate_api.h"
 #include "ngx_http_gate_cache.h"
 #include "ngx_http_gate_credential.h"
 #include "ngx_http_gate_redis.h"
@@ -38,6 +39,8 @@ static char *ngx_http_gate_scope(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_gate_tenant(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_gate_api(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_gate_init_process(ngx_cycle_t *cycle);
 static void ngx_http_gate_exit_process(ngx_cycle_t *cycle);
 
@@ -62,6 +65,20 @@ static ngx_command_t  ngx_http_gate_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_gate_cache,
       NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("gate_kratos_admin"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_gate_main_conf_t, kratos_admin),
+      NULL },
+
+    { ngx_string("gate_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_gate_api,
+      NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
@@ -158,6 +175,7 @@ ngx_http_gate_create_main_conf(ngx_conf_t *cf)
      *     gmcf->redis = NULL;
      *     gmcf->pg = NULL;
      *     gmcf->cache = NULL;
+     *     gmcf->kratos_admin = { 0, NULL };
      */
 
     gmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_gate_main_conf_t));
@@ -190,6 +208,7 @@ ngx_http_gate_create_loc_conf(ngx_conf_t *cf)
     glcf->auth = NGX_CONF_UNSET_UINT;
     glcf->scopes = NGX_CONF_UNSET_PTR;
     glcf->tenant = NGX_CONF_UNSET_UINT;
+    glcf->api = NGX_CONF_UNSET_UINT;
 
     return glcf;
 }
@@ -209,6 +228,8 @@ ngx_http_gate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->tenant, prev->tenant,
                               NGX_HTTP_GATE_TENANT_CREDENTIAL);
 
+    ngx_conf_merge_uint_value(conf->api, prev->api, NGX_HTTP_GATE_API_NONE);
+
     if (conf->scope_list.data == NULL) {
         conf->scope_list = prev->scope_list;
     }
@@ -224,6 +245,25 @@ ngx_http_gate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "\"gate_auth\" requires \"gate_redis\" or "
                                "\"gate_postgres\" at the http level");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (conf->api == NGX_HTTP_GATE_API_IDENTITIES) {
+        gmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_gate_module);
+
+        if (conf->auth != NGX_HTTP_GATE_AUTH_SECRET_KEY) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"gate_api identities\" requires "
+                               "\"gate_auth secret_key\"");
+            return NGX_CONF_ERROR;
+        }
+
+        if (gmcf->pg == NULL || gmcf->kratos_admin.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"gate_api identities\" requires "
+                               "\"gate_postgres\" and \"gate_kratos_admin\" "
+                               "at the http level");
             return NGX_CONF_ERROR;
         }
     }
@@ -419,6 +459,38 @@ ngx_http_gate_tenant(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_strlow(glcf->tenant_header.data, value[2].data, value[2].len);
     glcf->active = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_gate_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_gate_loc_conf_t  *glcf = conf;
+
+    ngx_str_t                 *value;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (glcf->api != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "identities") != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be \"identities\"", &value[1],
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    glcf->api = NGX_HTTP_GATE_API_IDENTITIES;
+    glcf->active = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_gate_api_handler;
 
     return NGX_CONF_OK;
 }

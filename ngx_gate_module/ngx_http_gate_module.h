@@ -16,6 +16,12 @@
 #define NGX_HTTP_GATE_AUTH_TOKEN       1
 #define NGX_HTTP_GATE_AUTH_SECRET_KEY  2
 
+/* nginx 1.22 names no constant for it */
+#define NGX_HTTP_UNPROCESSABLE_ENTITY  422
+
+#define NGX_HTTP_GATE_API_NONE         0
+#define NGX_HTTP_GATE_API_IDENTITIES   1
+
 #define NGX_HTTP_GATE_TENANT_CREDENTIAL  0
 #define NGX_HTTP_GATE_TENANT_HEADER      1
 
@@ -29,6 +35,7 @@ typedef struct {
     ngx_http_gate_redis_t     *redis;
     ngx_http_gate_pg_t        *pg;
     ngx_http_gate_cache_t     *cache;
+    ngx_str_t                  kratos_admin;  /* internal location prefix */
 } ngx_http_gate_main_conf_t;
 
 
@@ -39,6 +46,7 @@ typedef struct {
     ngx_str_t                  scope_list;    /* "a b", for WWW-Authenticate */
     ngx_uint_t                 tenant;
     ngx_str_t                  tenant_header; /* lowercased */
+    ngx_uint_t                 api;           /* NGX_HTTP_GATE_API_* */
 } ngx_http_gate_loc_conf_t;
 
 
@@ -71,6 +79,8 @@ typedef struct {
     ngx_uint_t                 kind;          /* NGX_HTTP_GATE_LOOKUP_* */
     ngx_http_gate_redis_cmd_t *cmd;           /* in flight, if any */
     ngx_http_gate_pg_query_t  *query;         /* in flight, if any */
+    void                      *kratos;        /* a finished Kratos call */
+    void                      *api;           /* the REST API's state */
 
     ngx_http_gate_record_t     record;
     u_char                     hash[32];      /* SHA-256 of the credential */

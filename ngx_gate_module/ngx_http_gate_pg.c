@@ -112,7 +112,19 @@ static ngx_http_gate_pg_statement_t  ngx_http_gate_pg_statements[] = {
       " AND n.disabled_at IS NULL" },
 
     { "gate_key_touch",
-      "UPDATE api_keys SET last_used_at = now() WHERE id = $1" }
+      "UPDATE api_keys SET last_used_at = now() WHERE id = $1" },
+
+    { "gate_identity_insert",
+      "INSERT INTO identities (identity_id, tenant_id) VALUES ($1, $2)"
+      " ON CONFLICT (identity_id) DO NOTHING" },
+
+    { "gate_identity_delete",
+      "DELETE FROM identities WHERE identity_id = $1 AND tenant_id = $2" },
+
+    { "gate_identity_list",
+      "SELECT identity_id FROM identities"
+      " WHERE tenant_id = $1 AND identity_id > $2::uuid"
+      " ORDER BY identity_id LIMIT $3::int" }
 };
 
 

@@ -16,7 +16,10 @@
 #define NGX_HTTP_GATE_SQL_TOKEN_LOOKUP   0
 #define NGX_HTTP_GATE_SQL_KEY_LOOKUP     1
 #define NGX_HTTP_GATE_SQL_KEY_TOUCH      2
-#define NGX_HTTP_GATE_SQL_N              3
+#define NGX_HTTP_GATE_SQL_IDN_INSERT     3
+#define NGX_HTTP_GATE_SQL_IDN_DELETE     4
+#define NGX_HTTP_GATE_SQL_IDN_LIST       5
+#define NGX_HTTP_GATE_SQL_N              6
 
 
 /* The "gate_postgres" directive. */
