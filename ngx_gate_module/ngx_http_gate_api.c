@@ -49,11 +49,15 @@ typedef struct {
     ngx_uint_t                  page_size;
     ngx_str_t                   page_token;
     ngx_str_t                   next_token;
+    ngx_int_t                   rc;            /* of a refusal's output */
 } ngx_http_gate_api_t;
 
 
 static ngx_int_t ngx_http_gate_api_route(ngx_http_request_t *r,
     ngx_http_gate_api_t *api);
+static ngx_int_t ngx_http_gate_api_refuse(ngx_http_gate_api_t *api,
+    ngx_http_request_t *r, ngx_uint_t status, const char *code,
+    const char *message);
 static ngx_int_t ngx_http_gate_api_list_args(ngx_http_request_t *r,
     ngx_http_gate_api_t *api, ngx_str_t *identifier);
 static void ngx_http_gate_api_body_ready(ngx_http_request_t *r);
@@ -130,6 +134,12 @@ ngx_http_gate_api_handler(ngx_http_request_t *r)
     api->tenant = ctx->record.tenant;
 
     rc = ngx_http_gate_api_route(r, api);
+
+    if (rc == NGX_DECLINED) {
+        /* refused, and already answered */
+        return api->rc;
+    }
+
     if (rc != NGX_OK) {
         return rc;
     }
@@ -194,8 +204,8 @@ ngx_http_gate_api_route(ngx_http_request_t *r, ngx_http_gate_api_t *api)
         || ngx_strncmp(r->uri.data, ngx_http_gate_api_prefix.data,
                        ngx_http_gate_api_prefix.len) != 0)
     {
-        return ngx_http_gate_json_error(r, NGX_HTTP_NOT_FOUND, "not_found",
-                                        "Not found.");
+        return ngx_http_gate_api_refuse(api, r, NGX_HTTP_NOT_FOUND,
+                                        "not_found", "Not found.");
     }
 
     p = r->uri.data + ngx_http_gate_api_prefix.len;
@@ -215,7 +225,7 @@ ngx_http_gate_api_route(ngx_http_request_t *r, ngx_http_gate_api_t *api)
             api->op = NGX_HTTP_GATE_OP_LIST;
 
             if (ngx_http_gate_api_list_args(r, api, &identifier) != NGX_OK) {
-                return ngx_http_gate_json_error(r, NGX_HTTP_BAD_REQUEST,
+                return ngx_http_gate_api_refuse(api, r, NGX_HTTP_BAD_REQUEST,
                            "invalid_request",
                            "page_size must be 1 to 500 and page_token an "
                            "identity id from a Link header.");
@@ -224,7 +234,7 @@ ngx_http_gate_api_route(ngx_http_request_t *r, ngx_http_gate_api_t *api)
             return NGX_OK;
 
         default:
-            return ngx_http_gate_json_error(r, NGX_HTTP_NOT_ALLOWED,
+            return ngx_http_gate_api_refuse(api, r, NGX_HTTP_NOT_ALLOWED,
                                             "method_not_allowed",
                                             "Use GET or POST here.");
         }
@@ -233,8 +243,8 @@ ngx_http_gate_api_route(ngx_http_request_t *r, ngx_http_gate_api_t *api)
     /* one identity: "/" + a UUID; anything else is no identity at all */
 
     if (*p != '/' || !ngx_http_gate_api_is_uuid(p + 1, len - 1)) {
-        return ngx_http_gate_json_error(r, NGX_HTTP_NOT_FOUND, "not_found",
-                                        "No such identity.");
+        return ngx_http_gate_api_refuse(api, r, NGX_HTTP_NOT_FOUND,
+                                        "not_found", "No such identity.");
     }
 
     api->id.data = p + 1;
@@ -269,10 +279,22 @@ ngx_http_gate_api_route(ngx_http_request_t *r, ngx_http_gate_api_t *api)
         return NGX_OK;
 
     default:
-        return ngx_http_gate_json_error(r, NGX_HTTP_NOT_ALLOWED,
+        return ngx_http_gate_api_refuse(api, r, NGX_HTTP_NOT_ALLOWED,
                                         "method_not_allowed",
                                         "Use GET, PUT, PATCH or DELETE here.");
     }
+}
+
+
+/* Answers a request that routing refused; NGX_DECLINED says it is done. */
+
+static ngx_int_t
+ngx_http_gate_api_refuse(ngx_http_gate_api_t *api, ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *message)
+{
+    api->rc = ngx_http_gate_json_error(r, status, code, message);
+
+    return NGX_DECLINED;
 }
 
 

@@ -77,18 +77,19 @@ ngx_int_t
 ngx_http_gate_lookup(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx,
     ngx_uint_t kind)
 {
-    ngx_uint_t                  rc;
-    ngx_pool_cleanup_t         *cln;
-    ngx_http_gate_main_conf_t  *gmcf;
+    ngx_uint_t                    rc;
+    ngx_pool_cleanup_t           *cln;
+    ngx_http_gate_main_conf_t    *gmcf;
+    ngx_http_gate_lookup_kind_t  *lk;
 
     gmcf = ngx_http_get_module_main_conf(r, ngx_http_gate_module);
 
     ctx->kind = kind;
 
     if (ngx_http_gate_redis_subscribed()) {
-        rc = ngx_http_gate_cache_get(gmcf->cache,
-                                     ngx_http_gate_lookup_kinds[kind].cache_kind,
-                                     ctx->hash, &ctx->record, r->pool);
+        lk = &ngx_http_gate_lookup_kinds[kind];
+        rc = ngx_http_gate_cache_get(gmcf->cache, lk->cache_kind, ctx->hash,
+                                     &ctx->record, r->pool);
 
         if (rc == NGX_HTTP_GATE_CACHE_HIT) {
             ctx->state = NGX_HTTP_GATE_STATE_FOUND;
@@ -227,10 +228,13 @@ ngx_http_gate_lookup_redis_reply(void *data, redisReply *reply)
 static ngx_int_t
 ngx_http_gate_lookup_pg(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx)
 {
-    ctx->query = ngx_http_gate_pg_query(r->connection->log,
-                                  ngx_http_gate_lookup_kinds[ctx->kind].statement,
-                                  1, &ctx->hex, ngx_http_gate_lookup_pg_result,
-                                  ctx);
+    ngx_uint_t  statement;
+
+    statement = ngx_http_gate_lookup_kinds[ctx->kind].statement;
+
+    ctx->query = ngx_http_gate_pg_query(r->connection->log, statement, 1,
+                                        &ctx->hex,
+                                        ngx_http_gate_lookup_pg_result, ctx);
     if (ctx->query == NULL) {
         return NGX_DECLINED;
     }
