@@ -733,9 +733,13 @@ ngx_http_gate_api_created(ngx_http_request_t *r, ngx_uint_t status,
 static void
 ngx_http_gate_api_indexed(void *data, PGresult *res)
 {
+    ngx_connection_t     *c;
     ngx_http_request_t   *r = data;
     ngx_http_gate_ctx_t  *ctx;
     ngx_http_gate_api_t  *api;
+
+    /* the request may be gone once answered: keep its connection */
+    c = r->connection;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
     api = ctx->api;
@@ -758,13 +762,13 @@ ngx_http_gate_api_indexed(void *data, PGresult *res)
             ngx_http_gate_api_compensated(r, NGX_HTTP_BAD_GATEWAY, NULL);
         }
 
-        ngx_http_run_posted_requests(r->connection);
+        ngx_http_run_posted_requests(c);
         return;
     }
 
     ngx_http_gate_api_index_redis(api, 1);
     ngx_http_gate_api_respond(r, NGX_HTTP_CREATED, api->identity);
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -939,8 +943,12 @@ ngx_http_gate_api_deleted(ngx_http_request_t *r, ngx_uint_t status,
 static void
 ngx_http_gate_api_unindexed(void *data, PGresult *res)
 {
+    ngx_connection_t     *c;
     ngx_http_request_t   *r = data;
     ngx_http_gate_ctx_t  *ctx;
+
+    /* the request may be gone once answered: keep its connection */
+    c = r->connection;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
     ((ngx_http_gate_api_t *) ctx->api)->query = NULL;
@@ -955,7 +963,7 @@ ngx_http_gate_api_unindexed(void *data, PGresult *res)
     r->header_only = 1;
 
     ngx_http_gate_api_finish(r, ngx_http_send_header(r));
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -966,9 +974,13 @@ ngx_http_gate_api_listed_ids(void *data, PGresult *res)
     size_t                len;
     ngx_int_t             n, i, rows;
     ngx_str_t             args;
+    ngx_connection_t     *c;
     ngx_http_request_t   *r = data;
     ngx_http_gate_ctx_t  *ctx;
     ngx_http_gate_api_t  *api;
+
+    /* the request may be gone once answered: keep its connection */
+    c = r->connection;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
     api = ctx->api;
@@ -1030,7 +1042,7 @@ ngx_http_gate_api_listed_ids(void *data, PGresult *res)
 
 done:
 
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
 
 
