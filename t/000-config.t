@@ -18,7 +18,8 @@ sub example_conf {
         MODULE => '%%MODULE%%', RUNDIR => '%%TESTDIR%%',
         USER => ($> == 0 ? 'user root;' : ''), REDIS_PORT => $t->port('REDIS'),
         KRATOS_PUBLIC_PORT => $t->port('KRATOS'), APP_PORT => $t->port('APP'),
-        HTTP_PORT => '%%PORT_HTTP%%',
+        HTTP_PORT => '%%PORT_HTTP%%', KRATOS_ADMIN_PORT => $t->port('KADMIN'),
+        PG_HOST => '/tmp', PG_PORT => 5432,
     );
     $conf =~ s/%%(\w+)%%/$v{$1} \/\/ "%%$1%%"/ge;
     $conf =~ s{%%TESTDIR%%/nginx/}{%%TESTDIR%%/}g;
@@ -80,6 +81,21 @@ my @bad = (
       conf_with($redis, 'gate_tenant cookie;'), qr/invalid value "cookie"/ ],
     [ 'gate_tenant header without a name',
       conf_with($redis, 'gate_tenant header;'), qr/needs a header name/ ],
+    [ 'gate_postgres with a host name',
+      conf_with('gate_postgres "host=db.example.com dbname=gate";'), qr/"db\.example\.com"/ ],
+    [ 'gate_postgres with a broken conninfo',
+      conf_with('gate_postgres "host=/tmp dbname";'), qr/invalid PostgreSQL connection string/ ],
+    [ 'gate_postgres with a bad pool',
+      conf_with('gate_postgres "host=/tmp" pool=0;'), qr/"pool=0"/ ],
+    [ 'gate_api with an unknown value',
+      conf_with("$redis gate_postgres \"host=/tmp\"; gate_kratos_admin /k;", 'gate_auth secret_key; gate_api widgets;'),
+      qr/invalid value "widgets"/ ],
+    [ 'gate_api identities without a secret key',
+      conf_with("$redis gate_postgres \"host=/tmp\"; gate_kratos_admin /k;", 'gate_auth token; gate_api identities;'),
+      qr/requires "gate_auth secret_key"/ ],
+    [ 'gate_api identities without gate_kratos_admin',
+      conf_with("$redis gate_postgres \"host=/tmp\";", 'gate_auth secret_key; gate_api identities;'),
+      qr/requires "gate_postgres" and "gate_kratos_admin"/ ],
 );
 
 for my $case (@bad) {
@@ -97,6 +113,11 @@ isnt $rc, 0, 'an empty redis password fails nginx -t';
     conf_with('gate_redis 127.0.0.1:6379 password=s3cret-value timeout=x;'));
 isnt $rc, 0, 'a bad parameter next to a password fails';
 unlike $out, qr/s3cret-value/, 'the password is not echoed in the error';
+
+($rc, $out) = $t->nginx_test_config(
+    conf_with('gate_postgres "host=/tmp password=pg-s3cret dbname" pool=2;'));
+isnt $rc, 0, 'a broken conninfo with a password fails';
+unlike $out, qr/pg-s3cret/, 'the PostgreSQL password is not echoed in the error';
 
 $t->finish;
 done_testing;
