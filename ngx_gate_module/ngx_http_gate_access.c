@@ -4,42 +4,28 @@
 
 
 /*
- * The access phase: who is calling, for which tenant, with which scopes.
- * Shaped like auth_request: the first call starts a lookup and returns
- * NGX_AGAIN; the lookup's callback re-runs the phases; the handler is
- * called again and decides.  Every denial is answered here with Gate's
+ * The access phase: for which tenant, who is calling, and may this flow be
+ * used here.  Three steps, each of which may wait for Redis, PostgreSQL or
+ * Kratos.  Shaped like auth_request: a step that starts a lookup returns
+ * NGX_AGAIN, the lookup's callback re-runs the phases, and the handler
+ * carries on where it stood.  Every denial is answered here with Gate's
  * JSON error, so no nginx error page ever stands in for it.
  */
 
 
 #include "ngx_http_gate_access.h"
 #include "ngx_http_gate_credential.h"
+#include "ngx_http_gate_flow.h"
 #include "ngx_http_gate_headers.h"
 #include "ngx_http_gate_json.h"
 #include "ngx_http_gate_lookup.h"
+#include "ngx_http_gate_session.h"
 
 
-static ngx_int_t ngx_http_gate_access_start(ngx_http_request_t *r,
-    ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t **ctxp);
-static ngx_int_t ngx_http_gate_access_credential(ngx_http_request_t *r,
-    ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx);
-static ngx_int_t ngx_http_gate_access_decide(ngx_http_request_t *r,
-    ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx);
-static ngx_uint_t ngx_http_gate_access_has_scopes(ngx_array_t *required,
-    ngx_str_t *granted);
-static ngx_int_t ngx_http_gate_access_allow(ngx_http_request_t *r,
-    ngx_http_gate_ctx_t *ctx);
-static ngx_int_t ngx_http_gate_access_deny(ngx_http_request_t *r,
-    ngx_http_gate_ctx_t *ctx, ngx_uint_t status, const char *code,
-    const char *reason, const char *message);
-static ngx_int_t ngx_http_gate_access_bearer_challenge(ngx_http_request_t *r,
-    ngx_http_gate_loc_conf_t *glcf, const char *error);
-
-
-static ngx_str_t  ngx_http_gate_header_tenant = ngx_string("X-Gate-Tenant-Id");
-static ngx_str_t  ngx_http_gate_header_subject = ngx_string("X-Gate-Subject");
-static ngx_str_t  ngx_http_gate_header_scopes = ngx_string("X-Gate-Scopes");
-static ngx_str_t  ngx_http_gate_header_key = ngx_string("X-Gate-Key-Id");
+#define NGX_HTTP_GATE_STEP_TENANT      0
+#define NGX_HTTP_GATE_STEP_CREDENTIAL  1
+#define NGX_HTTP_GATE_STEP_FLOW        2
+#define NGX_HTTP_GATE_STEP_DONE        3
 
 
 /* What each kind of credential is called in errors. */
@@ -52,13 +38,44 @@ typedef struct {
 } ngx_http_gate_access_kind_t;
 
 
+static ngx_int_t ngx_http_gate_access_start(ngx_http_request_t *r,
+    ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t **ctxp);
+static ngx_int_t ngx_http_gate_access_tenant(ngx_http_request_t *r,
+    ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx);
+static ngx_int_t ngx_http_gate_access_tenant_name(ngx_http_request_t *r,
+    ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx);
+static ngx_int_t ngx_http_gate_access_credential(ngx_http_request_t *r,
+    ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx);
+static ngx_int_t ngx_http_gate_access_lookup(ngx_http_request_t *r,
+    ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx);
+static ngx_int_t ngx_http_gate_access_decide(ngx_http_request_t *r,
+    ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx);
+static ngx_uint_t ngx_http_gate_access_has_scopes(ngx_array_t *required,
+    ngx_str_t *granted);
+static ngx_int_t ngx_http_gate_access_allow(ngx_http_request_t *r,
+    ngx_http_gate_ctx_t *ctx);
+static ngx_int_t ngx_http_gate_access_bearer_challenge(ngx_http_request_t *r,
+    ngx_http_gate_loc_conf_t *glcf, const char *error);
+static ngx_uint_t ngx_http_gate_access_same(ngx_str_t *a, ngx_str_t *b);
+
+
+static ngx_str_t  ngx_http_gate_header_tenant = ngx_string("X-Gate-Tenant-Id");
+static ngx_str_t  ngx_http_gate_header_subject = ngx_string("X-Gate-Subject");
+static ngx_str_t  ngx_http_gate_header_scopes = ngx_string("X-Gate-Scopes");
+static ngx_str_t  ngx_http_gate_header_key = ngx_string("X-Gate-Key-Id");
+
+
 static ngx_http_gate_access_kind_t  ngx_http_gate_access_kinds[] = {
     { "gat_live_", "invalid_token",
       "An access token is required: Authorization: Bearer gat_live_...",
       "The access token is invalid." },
     { "gate_live_sk_", "invalid_key",
       "A secret key is required: Authorization: Bearer gate_live_sk_...",
-      "The secret key is invalid." }
+      "The secret key is invalid." },
+    { NULL, NULL, NULL, NULL },
+    { NULL, "invalid_session",
+      "A session is required: X-Session-Token, or the session cookie.",
+      "The session is invalid or has ended." }
 };
 
 
@@ -90,16 +107,37 @@ ngx_http_gate_access_handler(ngx_http_request_t *r)
         }
     }
 
-    switch (ctx->state) {
+    for ( ;; ) {
 
-    case NGX_HTTP_GATE_STATE_NEW:
-        return ngx_http_gate_access_credential(r, glcf, ctx);
+        switch (ctx->step) {
 
-    case NGX_HTTP_GATE_STATE_WAIT:
-        return NGX_AGAIN;
+        case NGX_HTTP_GATE_STEP_TENANT:
+            rc = ngx_http_gate_access_tenant(r, glcf, ctx);
+            break;
 
-    default:
-        return ngx_http_gate_access_decide(r, glcf, ctx);
+        case NGX_HTTP_GATE_STEP_CREDENTIAL:
+            rc = ngx_http_gate_access_credential(r, glcf, ctx);
+            break;
+
+        case NGX_HTTP_GATE_STEP_FLOW:
+            rc = ngx_http_gate_flow_check(r, glcf, ctx);
+            break;
+
+        default:
+            if (ctx->decision.len == 0) {
+                ngx_str_set(&ctx->decision, "allow");
+            }
+
+            return NGX_OK;
+        }
+
+        if (rc != NGX_OK) {
+            /* waiting (NGX_AGAIN), answered (NGX_DONE) or failed */
+            return rc;
+        }
+
+        ctx->step++;
+        ctx->state = NGX_HTTP_GATE_STATE_NEW;
     }
 }
 
@@ -108,7 +146,6 @@ static ngx_int_t
 ngx_http_gate_access_start(ngx_http_request_t *r,
     ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t **ctxp)
 {
-    ngx_table_elt_t      *h;
     ngx_http_gate_ctx_t  *ctx;
 
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_gate_ctx_t));
@@ -122,23 +159,151 @@ ngx_http_gate_access_start(ngx_http_request_t *r,
 
     /* the asked-for tenant is read before client X-Gate-* headers go */
 
-    if (glcf->tenant == NGX_HTTP_GATE_TENANT_HEADER) {
-        h = ngx_http_gate_headers_find(r, &glcf->tenant_header);
-        if (h) {
-            ctx->tenant_asked = h->value;
-        }
+    if (ngx_http_gate_access_tenant_name(r, glcf, ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     if (ngx_http_gate_headers_strip(r) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (glcf->auth == NGX_HTTP_GATE_AUTH_OFF) {
-        /* nothing to check here, but the headers above had to go */
-        ctx->state = NGX_HTTP_GATE_STATE_FOUND;
-        ngx_str_set(&ctx->decision, "allow");
-        return NGX_DECLINED;
+    return NGX_OK;
+}
+
+
+/* The tenant a request names, by header or by host; lowercase. */
+
+static ngx_int_t
+ngx_http_gate_access_tenant_name(ngx_http_request_t *r,
+    ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx)
+{
+    ngx_str_t        *host, *suffix;
+    ngx_table_elt_t  *h;
+
+    switch (glcf->tenant) {
+
+    case NGX_HTTP_GATE_TENANT_HEADER:
+        h = ngx_http_gate_headers_find(r, &glcf->tenant_header);
+        if (h == NULL || h->value.len == 0) {
+            return NGX_OK;
+        }
+
+        ctx->tenant_asked.len = h->value.len;
+        ctx->tenant_asked.data = ngx_pnalloc(r->pool, h->value.len);
+        if (ctx->tenant_asked.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_strlow(ctx->tenant_asked.data, h->value.data, h->value.len);
+        return NGX_OK;
+
+    case NGX_HTTP_GATE_TENANT_HOST:
+        host = &r->headers_in.server;
+        suffix = &glcf->tenant_header;
+
+        /* "acme" + ".auth.example.com"; nginx has lowercased the host */
+
+        if (host->len > suffix->len
+            && ngx_strncmp(host->data + host->len - suffix->len,
+                           suffix->data, suffix->len) == 0)
+        {
+            ctx->tenant_asked.data = host->data;
+            ctx->tenant_asked.len = host->len - suffix->len;
+        }
+
+        return NGX_OK;
+
+    default:
+        return NGX_OK;
     }
+}
+
+
+static ngx_int_t
+ngx_http_gate_access_tenant(ngx_http_request_t *r,
+    ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx)
+{
+    u_char      *p;
+    ngx_int_t    rc;
+    ngx_uint_t   i, ok;
+
+    if (glcf->tenant == NGX_HTTP_GATE_TENANT_CREDENTIAL) {
+        return NGX_OK;
+    }
+
+    switch (ctx->state) {
+
+    case NGX_HTTP_GATE_STATE_NEW:
+
+        if (ctx->tenant_asked.len == 0) {
+            return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_BAD_REQUEST,
+                       "tenant_required", "tenant_required",
+                       glcf->tenant == NGX_HTTP_GATE_TENANT_HOST
+                       ? "The host name does not name a tenant."
+                       : "This endpoint needs the tenant header.");
+        }
+
+        /* a slug (a-z 0-9 -) or a tenant id; nothing else is looked up */
+
+        p = ctx->tenant_asked.data;
+        ok = ctx->tenant_asked.len <= 63;
+
+        for (i = 0; ok && i < ctx->tenant_asked.len; i++) {
+            ok = (p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9')
+                 || p[i] == '-';
+        }
+
+        if (!ok) {
+            return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_NOT_FOUND,
+                       "tenant_not_found", "tenant_not_found",
+                       "No such tenant.");
+        }
+
+        ctx->param = ctx->tenant_asked;
+        ngx_http_gate_credential_hash(&ctx->param, ctx->hash);
+
+        rc = ngx_http_gate_lookup(r, ctx, NGX_HTTP_GATE_LOOKUP_TENANT);
+
+        if (rc == NGX_AGAIN || rc == NGX_ERROR) {
+            return rc == NGX_AGAIN ? NGX_AGAIN
+                                   : NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        break;
+
+    case NGX_HTTP_GATE_STATE_WAIT:
+        return NGX_AGAIN;
+
+    default:
+        break;
+    }
+
+    switch (ctx->state) {
+
+    case NGX_HTTP_GATE_STATE_ERROR:
+        ngx_str_set(&ctx->decision, "error");
+        return ngx_http_gate_access_deny(r, ctx,
+                   NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable", "unavailable",
+                   "The tenant store is unavailable; try again later.");
+
+    case NGX_HTTP_GATE_STATE_UNKNOWN:
+        return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_NOT_FOUND,
+                   "tenant_not_found", "tenant_not_found", "No such tenant.");
+
+    default:
+        break;
+    }
+
+    if (ctx->record.subject.len == sizeof("disabled") - 1
+        && ngx_strncmp(ctx->record.subject.data, "disabled", 8) == 0)
+    {
+        return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_FORBIDDEN,
+                   "tenant_disabled", "tenant_disabled",
+                   "This tenant is disabled.");
+    }
+
+    ctx->tenant_id = ctx->record.tenant;
+    ngx_memzero(&ctx->record, sizeof(ngx_http_gate_record_t));
 
     return NGX_OK;
 }
@@ -148,13 +313,79 @@ static ngx_int_t
 ngx_http_gate_access_credential(ngx_http_request_t *r,
     ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx)
 {
+    ngx_int_t  rc;
+
+    if (glcf->auth == NGX_HTTP_GATE_AUTH_OFF) {
+        return NGX_OK;
+    }
+
+    switch (ctx->state) {
+
+    case NGX_HTTP_GATE_STATE_NEW:
+        rc = ngx_http_gate_access_lookup(r, glcf, ctx);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        break;
+
+    case NGX_HTTP_GATE_STATE_WAIT:
+        return NGX_AGAIN;
+
+    default:
+        break;
+    }
+
+    return ngx_http_gate_access_decide(r, glcf, ctx);
+}
+
+
+/* Reads the credential, refuses a malformed one, starts its lookup. */
+
+static ngx_int_t
+ngx_http_gate_access_lookup(ngx_http_request_t *r,
+    ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx)
+{
     ngx_int_t                     rc;
     ngx_str_t                     credential;
     ngx_http_gate_access_kind_t  *kind;
 
-    ctx->kind = (glcf->auth == NGX_HTTP_GATE_AUTH_SECRET_KEY)
-                ? NGX_HTTP_GATE_LOOKUP_KEY : NGX_HTTP_GATE_LOOKUP_TOKEN;
+    switch (glcf->auth) {
+
+    case NGX_HTTP_GATE_AUTH_SECRET_KEY:
+        ctx->kind = NGX_HTTP_GATE_LOOKUP_KEY;
+        break;
+
+    case NGX_HTTP_GATE_AUTH_SESSION:
+        ctx->kind = NGX_HTTP_GATE_LOOKUP_SESSION;
+        break;
+
+    default:
+        ctx->kind = NGX_HTTP_GATE_LOOKUP_TOKEN;
+        break;
+    }
+
     kind = &ngx_http_gate_access_kinds[ctx->kind];
+
+    if (ctx->kind == NGX_HTTP_GATE_LOOKUP_SESSION) {
+        rc = ngx_http_gate_session_credential(r, ctx, &credential);
+
+        if (rc == NGX_DECLINED) {
+            return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_UNAUTHORIZED,
+                                             kind->code, "missing_credential",
+                                             kind->missing);
+        }
+
+        if (rc != NGX_OK) {
+            return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_UNAUTHORIZED,
+                                             kind->code,
+                                             "malformed_credential",
+                                             kind->invalid);
+        }
+
+        goto lookup;
+    }
 
     switch (ngx_http_gate_credential_bearer(r, &credential)) {
 
@@ -178,7 +409,13 @@ ngx_http_gate_access_credential(ngx_http_request_t *r,
         goto malformed;
     }
 
+lookup:
+
     ngx_http_gate_credential_hash(&credential, ctx->hash);
+
+    if (ctx->kind == NGX_HTTP_GATE_LOOKUP_SESSION) {
+        ctx->miss = ngx_http_gate_session_fetch;
+    }
 
     rc = ngx_http_gate_lookup(r, ctx, ctx->kind);
 
@@ -190,7 +427,7 @@ ngx_http_gate_access_credential(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_gate_access_decide(r, glcf, ctx);
+    return NGX_OK;
 
 malformed:
 
@@ -210,13 +447,15 @@ static ngx_int_t
 ngx_http_gate_access_decide(ngx_http_request_t *r,
     ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx)
 {
-    const char  *reason;
+    const char                   *reason;
+    ngx_http_gate_access_kind_t  *kind;
+
+    kind = &ngx_http_gate_access_kinds[ctx->kind];
 
     switch (ctx->state) {
 
     case NGX_HTTP_GATE_STATE_ERROR:
         ngx_str_set(&ctx->decision, "error");
-        ngx_str_set(&ctx->deny_reason, "unavailable");
 
         return ngx_http_gate_access_deny(r, ctx,
                    NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable", "unavailable",
@@ -235,29 +474,18 @@ ngx_http_gate_access_decide(ngx_http_request_t *r,
         goto invalid;
     }
 
-    if (glcf->tenant == NGX_HTTP_GATE_TENANT_HEADER) {
+    /* another tenant's credential: the answer an unknown one gets */
 
-        if (ctx->tenant_asked.len == 0) {
-            return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_BAD_REQUEST,
-                       "tenant_required", "tenant_required",
-                       "This endpoint needs the tenant header.");
-        }
-
-        /* same answer as an unknown token: no oracle for other tenants */
-
-        if (ctx->tenant_asked.len != ctx->record.tenant.len
-            || ngx_strncmp(ctx->tenant_asked.data, ctx->record.tenant.data,
-                           ctx->record.tenant.len) != 0)
-        {
-            reason = "tenant_mismatch";
-            goto invalid;
-        }
+    if (ctx->tenant_id.len
+        && !ngx_http_gate_access_same(&ctx->tenant_id, &ctx->record.tenant))
+    {
+        reason = "tenant_mismatch";
+        goto invalid;
     }
 
     if (ctx->kind == NGX_HTTP_GATE_LOOKUP_TOKEN
         && !ngx_http_gate_access_has_scopes(glcf->scopes, &ctx->record.scope))
     {
-
         if (ngx_http_gate_access_bearer_challenge(r, glcf,
                                                   "insufficient_scope")
             != NGX_OK)
@@ -274,16 +502,15 @@ ngx_http_gate_access_decide(ngx_http_request_t *r,
 
 invalid:
 
-    if (ngx_http_gate_access_bearer_challenge(r, glcf, "invalid_token")
-        != NGX_OK)
+    if (ctx->kind != NGX_HTTP_GATE_LOOKUP_SESSION
+        && ngx_http_gate_access_bearer_challenge(r, glcf, "invalid_token")
+           != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_UNAUTHORIZED,
-                               ngx_http_gate_access_kinds[ctx->kind].code,
-                               reason,
-                               ngx_http_gate_access_kinds[ctx->kind].invalid);
+                                     kind->code, reason, kind->invalid);
 }
 
 
@@ -336,30 +563,50 @@ ngx_http_gate_access_allow(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx)
 {
     ngx_str_set(&ctx->decision, "allow");
 
-    if (ctx->kind == NGX_HTTP_GATE_LOOKUP_KEY) {
+    if (ctx->tenant_id.len == 0) {
+        ctx->tenant_id = ctx->record.tenant;
+    }
+
+    if (ngx_http_gate_headers_set(r, &ngx_http_gate_header_tenant,
+                                  &ctx->record.tenant) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    switch (ctx->kind) {
+
+    case NGX_HTTP_GATE_LOOKUP_KEY:
         ctx->key_id = ctx->record.id;
 
-        if (ngx_http_gate_headers_set(r, &ngx_http_gate_header_tenant,
-                                      &ctx->record.tenant) != NGX_OK
-            || ngx_http_gate_headers_set(r, &ngx_http_gate_header_key,
-                                         &ctx->key_id) != NGX_OK)
+        if (ngx_http_gate_headers_set(r, &ngx_http_gate_header_key,
+                                      &ctx->key_id) != NGX_OK)
         {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        return NGX_OK;
-    }
+        break;
 
-    ctx->token_id = ctx->record.id;
+    case NGX_HTTP_GATE_LOOKUP_SESSION:
+        if (ngx_http_gate_headers_set(r, &ngx_http_gate_header_subject,
+                                      &ctx->record.subject) != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
 
-    if (ngx_http_gate_headers_set(r, &ngx_http_gate_header_tenant,
-                                  &ctx->record.tenant) != NGX_OK
-        || ngx_http_gate_headers_set(r, &ngx_http_gate_header_subject,
-                                     &ctx->record.subject) != NGX_OK
-        || ngx_http_gate_headers_set(r, &ngx_http_gate_header_scopes,
-                                     &ctx->record.scope) != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        break;
+
+    default:
+        ctx->token_id = ctx->record.id;
+
+        if (ngx_http_gate_headers_set(r, &ngx_http_gate_header_subject,
+                                      &ctx->record.subject) != NGX_OK
+            || ngx_http_gate_headers_set(r, &ngx_http_gate_header_scopes,
+                                         &ctx->record.scope) != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        break;
     }
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
@@ -374,7 +621,7 @@ ngx_http_gate_access_allow(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx)
  * the request is taken care of.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_gate_access_deny(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx,
     ngx_uint_t status, const char *code, const char *reason,
     const char *message)
@@ -390,9 +637,8 @@ ngx_http_gate_access_deny(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx,
 
     /* a denied request must not look like an identified one in logs */
 
-    ngx_str_null(&ctx->record.tenant);
-    ngx_str_null(&ctx->record.subject);
-    ngx_str_null(&ctx->record.scope);
+    ngx_memzero(&ctx->record, sizeof(ngx_http_gate_record_t));
+    ngx_str_null(&ctx->tenant_id);
     ngx_str_null(&ctx->token_id);
     ngx_str_null(&ctx->key_id);
 
@@ -463,4 +709,11 @@ ngx_http_gate_access_bearer_challenge(ngx_http_request_t *r,
     r->headers_out.www_authenticate = h;
 
     return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_gate_access_same(ngx_str_t *a, ngx_str_t *b)
+{
+    return a->len == b->len && ngx_strncmp(a->data, b->data, a->len) == 0;
 }

@@ -11,6 +11,9 @@
 
 
 ngx_int_t ngx_http_gate_access_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_gate_access_deny(ngx_http_request_t *r,
+    ngx_http_gate_ctx_t *ctx, ngx_uint_t status, const char *code,
+    const char *reason, const char *message);
 
 
 #endif /* _NGX_HTTP_GATE_ACCESS_H_INCLUDED_ */

@@ -27,7 +27,6 @@
 #define NGX_HTTP_GATE_API_BODY_MAX      65536
 #define NGX_HTTP_GATE_API_PAGE_DEFAULT  100
 #define NGX_HTTP_GATE_API_PAGE_MAX      500
-#define NGX_HTTP_GATE_UUID_LEN          36
 
 #define NGX_HTTP_GATE_OP_CREATE         0
 #define NGX_HTTP_GATE_OP_GET            1
@@ -103,7 +102,6 @@ static void ngx_http_gate_api_error(ngx_http_request_t *r, ngx_uint_t status,
 static void ngx_http_gate_api_kratos_error(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *body);
 static void ngx_http_gate_api_finish(ngx_http_request_t *r, ngx_int_t rc);
-static ngx_uint_t ngx_http_gate_api_is_uuid(u_char *p, size_t len);
 
 
 static ngx_str_t  ngx_http_gate_api_prefix = ngx_string("/v1/gate/identities");
@@ -242,7 +240,7 @@ ngx_http_gate_api_route(ngx_http_request_t *r, ngx_http_gate_api_t *api)
 
     /* one identity: "/" + a UUID; anything else is no identity at all */
 
-    if (*p != '/' || !ngx_http_gate_api_is_uuid(p + 1, len - 1)) {
+    if (*p != '/' || !ngx_http_gate_kratos_is_uuid(p + 1, len - 1)) {
         return ngx_http_gate_api_refuse(api, r, NGX_HTTP_NOT_FOUND,
                                         "not_found", "No such identity.");
     }
@@ -319,7 +317,7 @@ ngx_http_gate_api_list_args(ngx_http_request_t *r, ngx_http_gate_api_t *api,
     if (ngx_http_arg(r, (u_char *) "page_token", 10, &value) == NGX_OK
         && value.len)
     {
-        if (!ngx_http_gate_api_is_uuid(value.data, value.len)) {
+        if (!ngx_http_gate_kratos_is_uuid(value.data, value.len)) {
             return NGX_ERROR;
         }
 
@@ -694,7 +692,7 @@ ngx_http_gate_api_created(ngx_http_request_t *r, ngx_uint_t status,
     id = api->identity ? json_object_get(api->identity, "id") : NULL;
 
     if (!json_is_string(id)
-        || !ngx_http_gate_api_is_uuid((u_char *) json_string_value(id),
+        || !ngx_http_gate_kratos_is_uuid((u_char *) json_string_value(id),
                                       json_string_length(id)))
     {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -1353,31 +1351,4 @@ static void
 ngx_http_gate_api_finish(ngx_http_request_t *r, ngx_int_t rc)
 {
     ngx_http_finalize_request(r, rc);
-}
-
-
-static ngx_uint_t
-ngx_http_gate_api_is_uuid(u_char *p, size_t len)
-{
-    size_t  i;
-
-    if (len != NGX_HTTP_GATE_UUID_LEN) {
-        return 0;
-    }
-
-    for (i = 0; i < len; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (p[i] != '-') {
-                return 0;
-            }
-
-            continue;
-        }
-
-        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f'))) {
-            return 0;
-        }
-    }
-
-    return 1;
 }

@@ -14,6 +14,7 @@
 #define NGX_HTTP_GATE_CACHE_TOKEN      1
 #define NGX_HTTP_GATE_CACHE_KEY        2
 #define NGX_HTTP_GATE_CACHE_SESSION    3
+#define NGX_HTTP_GATE_CACHE_TENANT     4
 
 /* Results of ngx_http_gate_cache_get(). */
 #define NGX_HTTP_GATE_CACHE_MISS       0

@@ -24,7 +24,16 @@ typedef struct {
 } ngx_http_gate_header_name_t;
 
 
-static ngx_uint_t ngx_http_gate_headers_is_gate(ngx_table_elt_t *h);
+typedef ngx_uint_t (*ngx_http_gate_headers_drop_pt)(ngx_table_elt_t *h,
+    void *data);
+
+
+static ngx_int_t ngx_http_gate_headers_rebuild(ngx_http_request_t *r,
+    ngx_http_gate_headers_drop_pt drop, void *data);
+static ngx_uint_t ngx_http_gate_headers_is_gate(ngx_table_elt_t *h,
+    void *data);
+static ngx_uint_t ngx_http_gate_headers_is_named(ngx_table_elt_t *h,
+    void *data);
 static ngx_int_t ngx_http_gate_headers_lowcase(ngx_str_t *name,
     ngx_table_elt_t *h);
 
@@ -76,6 +85,25 @@ ngx_http_gate_headers_find(ngx_http_request_t *r, ngx_str_t *lowcase_name)
 ngx_int_t
 ngx_http_gate_headers_strip(ngx_http_request_t *r)
 {
+    return ngx_http_gate_headers_rebuild(r, ngx_http_gate_headers_is_gate,
+                                         NULL);
+}
+
+
+/* Removes every request header of that (lowercase) name. */
+
+ngx_int_t
+ngx_http_gate_headers_remove(ngx_http_request_t *r, ngx_str_t *name)
+{
+    return ngx_http_gate_headers_rebuild(r, ngx_http_gate_headers_is_named,
+                                         name);
+}
+
+
+static ngx_int_t
+ngx_http_gate_headers_rebuild(ngx_http_request_t *r,
+    ngx_http_gate_headers_drop_pt drop, void *data)
+{
     ngx_uint_t        i, n, found;
     ngx_list_t        list;
     ngx_list_part_t  *part;
@@ -101,7 +129,7 @@ ngx_http_gate_headers_strip(ngx_http_request_t *r)
 
         n++;
 
-        if (ngx_http_gate_headers_is_gate(&h[i])) {
+        if (drop(&h[i], data)) {
             found++;
         }
     }
@@ -131,7 +159,7 @@ ngx_http_gate_headers_strip(ngx_http_request_t *r)
             i = 0;
         }
 
-        if (ngx_http_gate_headers_is_gate(&h[i])) {
+        if (drop(&h[i], data)) {
             ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                            "gate: dropping client header \"%V\"", &h[i].key);
             continue;
@@ -221,7 +249,17 @@ ngx_http_gate_headers_lowcase(ngx_str_t *name, ngx_table_elt_t *h)
 
 
 static ngx_uint_t
-ngx_http_gate_headers_is_gate(ngx_table_elt_t *h)
+ngx_http_gate_headers_is_named(ngx_table_elt_t *h, void *data)
+{
+    ngx_str_t  *name = data;
+
+    return h->key.len == name->len
+           && ngx_strncasecmp(h->key.data, name->data, name->len) == 0;
+}
+
+
+static ngx_uint_t
+ngx_http_gate_headers_is_gate(ngx_table_elt_t *h, void *data)
 {
     return h->key.len >= sizeof("x-gate-") - 1
            && ngx_strncasecmp(h->key.data, (u_char *) "x-gate-",

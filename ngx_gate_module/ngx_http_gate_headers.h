@@ -13,6 +13,8 @@
 ngx_table_elt_t *ngx_http_gate_headers_find(ngx_http_request_t *r,
     ngx_str_t *lowcase_name);
 ngx_int_t ngx_http_gate_headers_strip(ngx_http_request_t *r);
+ngx_int_t ngx_http_gate_headers_remove(ngx_http_request_t *r,
+    ngx_str_t *name);
 ngx_int_t ngx_http_gate_headers_set(ngx_http_request_t *r, ngx_str_t *name,
     ngx_str_t *value);
 

@@ -48,6 +48,22 @@ ngx_http_gate_kratos_call(ngx_http_request_t *r, ngx_uint_t method,
     ngx_str_t *path, ngx_str_t *args, ngx_str_t *body,
     ngx_http_gate_kratos_done_pt done)
 {
+    return ngx_http_gate_kratos_request(r, 0, method, path, args, body,
+                                        done);
+}
+
+
+/*
+ * public: Kratos' public API, with the client's own headers (cookies,
+ * session token) going along; otherwise its admin API.
+ */
+
+ngx_int_t
+ngx_http_gate_kratos_request(ngx_http_request_t *r, ngx_uint_t public,
+    ngx_uint_t method, ngx_str_t *path, ngx_str_t *args, ngx_str_t *body,
+    ngx_http_gate_kratos_done_pt done)
+{
+    ngx_str_t                        *prefix;
     u_char                           *p;
     ngx_str_t                         uri;
     ngx_buf_t                        *b;
@@ -59,14 +75,15 @@ ngx_http_gate_kratos_call(ngx_http_request_t *r, ngx_uint_t method,
     ngx_http_post_subrequest_t       *ps;
 
     gmcf = ngx_http_get_module_main_conf(r, ngx_http_gate_module);
+    prefix = public ? &gmcf->kratos_public : &gmcf->kratos_admin;
 
-    uri.len = gmcf->kratos_admin.len + path->len;
+    uri.len = prefix->len + path->len;
     uri.data = ngx_pnalloc(r->pool, uri.len);
     if (uri.data == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(uri.data, gmcf->kratos_admin.data, gmcf->kratos_admin.len);
+    p = ngx_cpymem(uri.data, prefix->data, prefix->len);
     ngx_memcpy(p, path->data, path->len);
 
     call = ngx_pcalloc(r->pool, sizeof(ngx_http_gate_kratos_call_t));
@@ -169,6 +186,7 @@ done:
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
     ctx->kratos = call;
+    ctx->kratos_sr = sr;
 
     r->write_event_handler = ngx_http_gate_kratos_resume;
 
@@ -193,4 +211,80 @@ ngx_http_gate_kratos_resume(ngx_http_request_t *r)
     r->write_event_handler = ngx_http_request_empty_handler;
 
     call->done(r, call->status, &call->body);
+}
+
+
+/* Kratos' ids are lowercase UUIDs; nothing else is ever looked up. */
+
+ngx_uint_t
+ngx_http_gate_kratos_is_uuid(u_char *p, size_t len)
+{
+    size_t  i;
+
+    if (len != NGX_HTTP_GATE_UUID_LEN) {
+        return 0;
+    }
+
+    for (i = 0; i < len; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (p[i] != '-') {
+                return 0;
+            }
+
+            continue;
+        }
+
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f'))) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/*
+ * Kratos' timestamps: RFC 3339 in UTC, "2026-12-03T19:11:58.838822144Z".
+ * Returns NGX_ERROR for anything else.
+ */
+
+time_t
+ngx_http_gate_kratos_time(u_char *p, size_t len)
+{
+    ngx_int_t  v[6];
+    ngx_uint_t  i, width[6];
+    ngx_tm_t   tm;
+    u_char    *q;
+
+    width[0] = 4; width[1] = 2; width[2] = 2;
+    width[3] = 2; width[4] = 2; width[5] = 2;
+
+    if (len < 20 || p[len - 1] != 'Z') {
+        return NGX_ERROR;
+    }
+
+    q = p;
+
+    for (i = 0; i < 6; i++) {
+        v[i] = ngx_atoi(q, width[i]);
+        if (v[i] == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        q += width[i] + 1;
+    }
+
+    ngx_memzero(&tm, sizeof(ngx_tm_t));
+
+    tm.ngx_tm_year = v[0];
+    tm.ngx_tm_mon = v[1];
+    tm.ngx_tm_mday = v[2];
+    tm.ngx_tm_hour = v[3];
+    tm.ngx_tm_min = v[4];
+    tm.ngx_tm_sec = v[5];
+
+    tm.ngx_tm_mon--;
+    tm.ngx_tm_year -= 1900;
+
+    return timegm(&tm);
 }

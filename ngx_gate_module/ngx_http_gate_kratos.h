@@ -10,6 +10,8 @@
 #include "ngx_http_gate_module.h"
 
 
+#define NGX_HTTP_GATE_UUID_LEN         36
+
 #define NGX_HTTP_GATE_KRATOS_GET       0
 #define NGX_HTTP_GATE_KRATOS_POST      1
 #define NGX_HTTP_GATE_KRATOS_PUT       2
@@ -29,6 +31,13 @@ typedef void (*ngx_http_gate_kratos_done_pt)(ngx_http_request_t *r,
 ngx_int_t ngx_http_gate_kratos_call(ngx_http_request_t *r, ngx_uint_t method,
     ngx_str_t *path, ngx_str_t *args, ngx_str_t *body,
     ngx_http_gate_kratos_done_pt done);
+ngx_int_t ngx_http_gate_kratos_request(ngx_http_request_t *r,
+    ngx_uint_t public, ngx_uint_t method, ngx_str_t *path, ngx_str_t *args,
+    ngx_str_t *body, ngx_http_gate_kratos_done_pt done);
+
+
+ngx_uint_t ngx_http_gate_kratos_is_uuid(u_char *p, size_t len);
+time_t ngx_http_gate_kratos_time(u_char *p, size_t len);
 
 
 #endif /* _NGX_HTTP_GATE_KRATOS_H_INCLUDED_ */

@@ -21,15 +21,17 @@
 #include "ngx_http_gate_redis.h"
 
 
-#define NGX_HTTP_GATE_LOOKUP_KEY_LEN                                          \
-    (sizeof("gate:tok:") - 1 + NGX_HTTP_GATE_SHA256_HEX_LEN)
+/* Records that only stand for something else live this long at most. */
+#define NGX_HTTP_GATE_LOOKUP_SHORT_TTL  300
 
 
 typedef struct {
     ngx_uint_t                  cache_kind;
-    const char                 *redis_prefix;    /* 9 characters */
-    ngx_uint_t                  statement;
-    ngx_uint_t                  touch;           /* keep last_used_at */
+    ngx_str_t                   redis_prefix;
+    ngx_int_t                   statement;       /* -1: the miss handler */
+    unsigned                    touch:1;         /* keep last_used_at */
+    unsigned                    by_param:1;      /* PostgreSQL by ctx->param */
+    unsigned                    short_ttl:1;     /* Redis copy expires soon */
 } ngx_http_gate_lookup_kind_t;
 
 
@@ -45,31 +47,39 @@ static ngx_int_t ngx_http_gate_lookup_from_pg(ngx_http_request_t *r,
     PGresult *res, ngx_http_gate_record_t *record);
 static ngx_int_t ngx_http_gate_lookup_copy(ngx_pool_t *pool, const char *src,
     size_t len, ngx_str_t *to);
-static void ngx_http_gate_lookup_found(ngx_http_request_t *r,
-    ngx_http_gate_ctx_t *ctx, ngx_uint_t from_pg);
-static void ngx_http_gate_lookup_write_back(ngx_http_gate_ctx_t *ctx);
+static ngx_int_t ngx_http_gate_lookup_key(ngx_pool_t *pool,
+    ngx_http_gate_ctx_t *ctx, ngx_str_t *key);
+static void ngx_http_gate_lookup_write_back(ngx_http_request_t *r,
+    ngx_http_gate_ctx_t *ctx);
 static void ngx_http_gate_lookup_touch(ngx_http_request_t *r,
     ngx_http_gate_ctx_t *ctx);
 static void ngx_http_gate_lookup_touch_reply(void *data, redisReply *reply);
-static void ngx_http_gate_lookup_resume(ngx_http_gate_ctx_t *ctx);
+
 static void ngx_http_gate_lookup_cleanup(void *data);
 
 
 static ngx_http_gate_lookup_kind_t  ngx_http_gate_lookup_kinds[] = {
-    { NGX_HTTP_GATE_CACHE_TOKEN, "gate:tok:",
-      NGX_HTTP_GATE_SQL_TOKEN_LOOKUP, 0 },
-    { NGX_HTTP_GATE_CACHE_KEY, "gate:key:",
-      NGX_HTTP_GATE_SQL_KEY_LOOKUP, 1 }
+    { NGX_HTTP_GATE_CACHE_TOKEN, ngx_string("gate:tok:"),
+      NGX_HTTP_GATE_SQL_TOKEN_LOOKUP, 0, 0, 0 },
+    { NGX_HTTP_GATE_CACHE_KEY, ngx_string("gate:key:"),
+      NGX_HTTP_GATE_SQL_KEY_LOOKUP, 1, 0, 0 },
+    { NGX_HTTP_GATE_CACHE_TENANT, ngx_string("gate:tnt:"),
+      NGX_HTTP_GATE_SQL_TENANT_LOOKUP, 0, 1, 1 },
+    { NGX_HTTP_GATE_CACHE_SESSION, ngx_string("gate:sess:"),
+      -1, 0, 0, 1 }
 };
 
 
-/* Writes a record back unless something (a tombstone) is already there. */
+/*
+ * Writes a record back unless something (a tombstone) is already there;
+ * ARGV[6] is when the copy goes, which may be before the record's exp.
+ */
 
 static const char  ngx_http_gate_lookup_write_back_lua[] =
     "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end "
     "redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'sub', ARGV[2], "
     "'scope', ARGV[3], 'exp', ARGV[4], 'id', ARGV[5]) "
-    "redis.call('EXPIREAT', KEYS[1], ARGV[4]) "
+    "redis.call('EXPIREAT', KEYS[1], ARGV[6]) "
     "return 1";
 
 
@@ -78,7 +88,6 @@ ngx_http_gate_lookup(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx,
     ngx_uint_t kind)
 {
     ngx_uint_t                    rc;
-    ngx_pool_cleanup_t           *cln;
     ngx_http_gate_main_conf_t    *gmcf;
     ngx_http_gate_lookup_kind_t  *lk;
 
@@ -112,19 +121,17 @@ ngx_http_gate_lookup(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx,
 
     ngx_http_gate_credential_hex(ctx->hash, ctx->hex.data);
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
+    if (ngx_http_gate_lookup_guard(r, ctx) != NGX_OK) {
         return NGX_ERROR;
     }
-
-    cln->handler = ngx_http_gate_lookup_cleanup;
-    cln->data = ctx;
 
     if (gmcf->redis && ngx_http_gate_lookup_redis(r, ctx) == NGX_OK) {
         return NGX_AGAIN;
     }
 
-    if (gmcf->pg && ngx_http_gate_lookup_pg(r, ctx) == NGX_OK) {
+    if ((gmcf->pg || ngx_http_gate_lookup_kinds[kind].statement < 0)
+        && ngx_http_gate_lookup_pg(r, ctx) == NGX_OK)
+    {
         return NGX_AGAIN;
     }
 
@@ -140,22 +147,18 @@ ngx_http_gate_lookup(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx,
 static ngx_int_t
 ngx_http_gate_lookup_redis(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx)
 {
-    u_char      *key;
     size_t       argvlen[8];
+    ngx_str_t    key;
     const char  *argv[8];
 
-    key = ngx_pnalloc(r->pool, NGX_HTTP_GATE_LOOKUP_KEY_LEN);
-    if (key == NULL) {
+    if (ngx_http_gate_lookup_key(r->pool, ctx, &key) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    ngx_memcpy(key, ngx_http_gate_lookup_kinds[ctx->kind].redis_prefix, 9);
-    ngx_memcpy(key + 9, ctx->hex.data, NGX_HTTP_GATE_SHA256_HEX_LEN);
-
     /* positions matter: ngx_http_gate_lookup_from_redis() reads them */
 
-    argv[0] = "HMGET";      argvlen[0] = 5;
-    argv[1] = (char *) key; argvlen[1] = NGX_HTTP_GATE_LOOKUP_KEY_LEN;
+    argv[0] = "HMGET";          argvlen[0] = 5;
+    argv[1] = (char *) key.data; argvlen[1] = key.len;
     argv[2] = "tenant";     argvlen[2] = 6;
     argv[3] = "sub";        argvlen[3] = 3;
     argv[4] = "scope";      argvlen[4] = 5;
@@ -205,7 +208,11 @@ ngx_http_gate_lookup_redis_reply(void *data, redisReply *reply)
     default:
         /* not in Redis, or Redis failed: PostgreSQL is the truth */
 
-        if (gmcf->pg && ngx_http_gate_lookup_pg(r, ctx) == NGX_OK) {
+        if ((gmcf->pg || ngx_http_gate_lookup_kinds[ctx->kind].statement < 0)
+            && ngx_http_gate_lookup_pg(r, ctx) == NGX_OK)
+        {
+            /* a miss handler may have posted a subrequest: run it */
+            ngx_http_run_posted_requests(r->connection);
             return;
         }
 
@@ -228,12 +235,20 @@ ngx_http_gate_lookup_redis_reply(void *data, redisReply *reply)
 static ngx_int_t
 ngx_http_gate_lookup_pg(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx)
 {
-    ngx_uint_t  statement;
+    ngx_int_t                     statement;
+    ngx_http_gate_lookup_kind_t  *lk;
 
-    statement = ngx_http_gate_lookup_kinds[ctx->kind].statement;
+    lk = &ngx_http_gate_lookup_kinds[ctx->kind];
+    statement = lk->statement;
 
-    ctx->query = ngx_http_gate_pg_query(r->connection->log, statement, 1,
-                                        &ctx->hex,
+    if (statement < 0) {
+        /* no table holds it: the kind's own source is asked */
+        return ctx->miss ? ctx->miss(r, ctx) : NGX_DECLINED;
+    }
+
+    ctx->query = ngx_http_gate_pg_query(r->connection->log,
+                                        (ngx_uint_t) statement, 1,
+                                        lk->by_param ? &ctx->param : &ctx->hex,
                                         ngx_http_gate_lookup_pg_result, ctx);
     if (ctx->query == NULL) {
         return NGX_DECLINED;
@@ -423,7 +438,7 @@ ngx_http_gate_lookup_copy(ngx_pool_t *pool, const char *src, size_t len,
 }
 
 
-static void
+void
 ngx_http_gate_lookup_found(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx,
     ngx_uint_t from_pg)
 {
@@ -438,7 +453,7 @@ ngx_http_gate_lookup_found(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx,
                             ctx->hash, &ctx->record);
 
     if (from_pg && gmcf->redis) {
-        ngx_http_gate_lookup_write_back(ctx);
+        ngx_http_gate_lookup_write_back(r, ctx);
     }
 
     if (ngx_http_gate_lookup_kinds[ctx->kind].touch && gmcf->pg) {
@@ -448,14 +463,24 @@ ngx_http_gate_lookup_found(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx,
 
 
 static void
-ngx_http_gate_lookup_write_back(ngx_http_gate_ctx_t *ctx)
+ngx_http_gate_lookup_write_back(ngx_http_request_t *r,
+    ngx_http_gate_ctx_t *ctx)
 {
-    u_char       key[NGX_HTTP_GATE_LOOKUP_KEY_LEN], exp[NGX_TIME_T_LEN];
-    size_t       argvlen[9];
-    const char  *argv[9];
+    u_char       exp[NGX_TIME_T_LEN], until[NGX_TIME_T_LEN];
+    size_t       argvlen[10];
+    time_t       gone;
+    ngx_str_t    key;
+    const char  *argv[10];
 
-    ngx_memcpy(key, ngx_http_gate_lookup_kinds[ctx->kind].redis_prefix, 9);
-    ngx_memcpy(key + 9, ctx->hex.data, NGX_HTTP_GATE_SHA256_HEX_LEN);
+    if (ngx_http_gate_lookup_key(r->pool, ctx, &key) != NGX_OK) {
+        return;
+    }
+
+    gone = ctx->record.exp;
+
+    if (ngx_http_gate_lookup_kinds[ctx->kind].short_ttl) {
+        gone = ngx_min(gone, ngx_time() + NGX_HTTP_GATE_LOOKUP_SHORT_TTL);
+    }
 
     argv[0] = "EVAL";
     argvlen[0] = 4;
@@ -463,8 +488,8 @@ ngx_http_gate_lookup_write_back(ngx_http_gate_ctx_t *ctx)
     argvlen[1] = sizeof(ngx_http_gate_lookup_write_back_lua) - 1;
     argv[2] = "1";
     argvlen[2] = 1;
-    argv[3] = (char *) key;
-    argvlen[3] = sizeof(key);
+    argv[3] = (char *) key.data;
+    argvlen[3] = key.len;
     argv[4] = (char *) ctx->record.tenant.data;
     argvlen[4] = ctx->record.tenant.len;
     argv[5] = ctx->record.subject.len ? (char *) ctx->record.subject.data : "";
@@ -475,9 +500,11 @@ ngx_http_gate_lookup_write_back(ngx_http_gate_ctx_t *ctx)
     argvlen[7] = ngx_sprintf(exp, "%T", ctx->record.exp) - exp;
     argv[8] = (char *) ctx->record.id.data;
     argvlen[8] = ctx->record.id.len;
+    argv[9] = (char *) until;
+    argvlen[9] = ngx_sprintf(until, "%T", gone) - until;
 
     /* nobody waits for it: a failure only means the next miss asks again */
-    (void) ngx_http_gate_redis_send(ngx_cycle->log, NULL, NULL, 9, argv,
+    (void) ngx_http_gate_redis_send(ngx_cycle->log, NULL, NULL, 10, argv,
                                     argvlen);
 }
 
@@ -546,7 +573,7 @@ ngx_http_gate_lookup_touch_reply(void *data, redisReply *reply)
 }
 
 
-static void
+void
 ngx_http_gate_lookup_resume(ngx_http_gate_ctx_t *ctx)
 {
     ngx_connection_t    *c;
@@ -560,6 +587,53 @@ ngx_http_gate_lookup_resume(ngx_http_gate_ctx_t *ctx)
 
     ngx_http_core_run_phases(r);
     ngx_http_run_posted_requests(c);
+}
+
+
+/* Whatever the request still waits for is forgotten when it goes. */
+
+ngx_int_t
+ngx_http_gate_lookup_guard(ngx_http_request_t *r, ngx_http_gate_ctx_t *ctx)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    if (ctx->guarded) {
+        return NGX_OK;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_gate_lookup_cleanup;
+    cln->data = ctx;
+    ctx->guarded = 1;
+
+    return NGX_OK;
+}
+
+
+/* The Redis key of the looked-up thing: prefix + SHA-256 hex. */
+
+static ngx_int_t
+ngx_http_gate_lookup_key(ngx_pool_t *pool, ngx_http_gate_ctx_t *ctx,
+    ngx_str_t *key)
+{
+    ngx_str_t  *prefix;
+
+    prefix = &ngx_http_gate_lookup_kinds[ctx->kind].redis_prefix;
+
+    key->len = prefix->len + NGX_HTTP_GATE_SHA256_HEX_LEN;
+    key->data = ngx_pnalloc(pool, key->len);
+    if (key->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(ngx_cpymem(key->data, prefix->data, prefix->len),
+               ctx->hex.data, NGX_HTTP_GATE_SHA256_HEX_LEN);
+
+    return NGX_OK;
 }
 
 

@@ -13,6 +13,8 @@
 /* What is being looked up; an index into the lookup table. */
 #define NGX_HTTP_GATE_LOOKUP_TOKEN     0
 #define NGX_HTTP_GATE_LOOKUP_KEY       1
+#define NGX_HTTP_GATE_LOOKUP_TENANT    2
+#define NGX_HTTP_GATE_LOOKUP_SESSION   3
 
 
 /*
@@ -22,6 +24,13 @@
  */
 ngx_int_t ngx_http_gate_lookup(ngx_http_request_t *r,
     ngx_http_gate_ctx_t *ctx, ngx_uint_t kind);
+
+/* For kinds whose misses are answered elsewhere (sessions): */
+void ngx_http_gate_lookup_found(ngx_http_request_t *r,
+    ngx_http_gate_ctx_t *ctx, ngx_uint_t write_back);
+void ngx_http_gate_lookup_resume(ngx_http_gate_ctx_t *ctx);
+ngx_int_t ngx_http_gate_lookup_guard(ngx_http_request_t *r,
+    ngx_http_gate_ctx_t *ctx);
 
 void ngx_http_gate_lookup_invalidate(ngx_str_t *payload);
 void ngx_http_gate_lookup_resync(void);

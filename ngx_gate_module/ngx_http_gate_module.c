@@ -13,6 +13,9 @@
 #include "ngx_http_gate_module.h"
 #include "ngx_http_gate_access.h"
 #include "ngx_http_gate_api.h"
+#include "ngx_http_gate_flow.h"
+#include "ngx_http_gate_hook.h"
+#include "ngx_http_gate_session.h"
 #include "ngx_http_gate_cache.h"
 #include "ngx_http_gate_credential.h"
 #include "ngx_http_gate_redis.h"
@@ -41,6 +44,14 @@ static char *ngx_http_gate_tenant(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_gate_api(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_gate_flow(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_gate_hook(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_gate_merge_checks(ngx_conf_t *cf,
+    ngx_http_gate_loc_conf_t *conf);
+static char *ngx_http_gate_tenant_host(ngx_conf_t *cf,
+    ngx_http_gate_loc_conf_t *glcf, ngx_str_t *value);
 static ngx_int_t ngx_http_gate_init_process(ngx_cycle_t *cycle);
 static void ngx_http_gate_exit_process(ngx_cycle_t *cycle);
 
@@ -73,6 +84,34 @@ static ngx_command_t  ngx_http_gate_commands[] = {
       ngx_conf_set_str_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_gate_main_conf_t, kratos_admin),
+      NULL },
+
+    { ngx_string("gate_kratos_public"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_gate_main_conf_t, kratos_public),
+      NULL },
+
+    { ngx_string("gate_flow"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_gate_flow,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("gate_hook"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_gate_hook,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("gate_hook_secret"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_gate_loc_conf_t, hook_secret),
       NULL },
 
     { ngx_string("gate_api"),
@@ -176,6 +215,7 @@ ngx_http_gate_create_main_conf(ngx_conf_t *cf)
      *     gmcf->pg = NULL;
      *     gmcf->cache = NULL;
      *     gmcf->kratos_admin = { 0, NULL };
+     *     gmcf->kratos_public = { 0, NULL };
      */
 
     gmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_gate_main_conf_t));
@@ -202,6 +242,7 @@ ngx_http_gate_create_loc_conf(ngx_conf_t *cf)
      *
      *     glcf->scope_list = { 0, NULL };
      *     glcf->tenant_header = { 0, NULL };
+     *     glcf->hook_secret = { 0, NULL };
      */
 
     glcf->active = NGX_CONF_UNSET;
@@ -209,6 +250,8 @@ ngx_http_gate_create_loc_conf(ngx_conf_t *cf)
     glcf->scopes = NGX_CONF_UNSET_PTR;
     glcf->tenant = NGX_CONF_UNSET_UINT;
     glcf->api = NGX_CONF_UNSET_UINT;
+    glcf->flow = NGX_CONF_UNSET_UINT;
+    glcf->hook = NGX_CONF_UNSET_UINT;
 
     return glcf;
 }
@@ -220,8 +263,6 @@ ngx_http_gate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_gate_loc_conf_t *prev = parent;
     ngx_http_gate_loc_conf_t *conf = child;
 
-    ngx_http_gate_main_conf_t  *gmcf;
-
     ngx_conf_merge_value(conf->active, prev->active, 0);
     ngx_conf_merge_uint_value(conf->auth, prev->auth, NGX_HTTP_GATE_AUTH_OFF);
     ngx_conf_merge_ptr_value(conf->scopes, prev->scopes, NULL);
@@ -229,6 +270,9 @@ ngx_http_gate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_GATE_TENANT_CREDENTIAL);
 
     ngx_conf_merge_uint_value(conf->api, prev->api, NGX_HTTP_GATE_API_NONE);
+    ngx_conf_merge_uint_value(conf->flow, prev->flow, NGX_HTTP_GATE_FLOW_OFF);
+    ngx_conf_merge_uint_value(conf->hook, prev->hook, NGX_HTTP_GATE_HOOK_NONE);
+    ngx_conf_merge_str_value(conf->hook_secret, prev->hook_secret, "");
 
     if (conf->scope_list.data == NULL) {
         conf->scope_list = prev->scope_list;
@@ -238,34 +282,82 @@ ngx_http_gate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->tenant_header = prev->tenant_header;
     }
 
-    if (conf->auth != NGX_HTTP_GATE_AUTH_OFF) {
-        gmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_gate_module);
+    return ngx_http_gate_merge_checks(cf, conf);
+}
 
-        if (gmcf->redis == NULL && gmcf->pg == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"gate_auth\" requires \"gate_redis\" or "
-                               "\"gate_postgres\" at the http level");
-            return NGX_CONF_ERROR;
-        }
+
+/* What a location asks for must have what it needs, said at nginx -t. */
+
+static char *
+ngx_http_gate_merge_checks(ngx_conf_t *cf, ngx_http_gate_loc_conf_t *conf)
+{
+    const char                 *need;
+    ngx_http_gate_main_conf_t  *gmcf;
+
+    gmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_gate_module);
+    need = NULL;
+
+    if (conf->auth != NGX_HTTP_GATE_AUTH_OFF
+        && gmcf->redis == NULL && gmcf->pg == NULL)
+    {
+        need = "\"gate_auth\" requires \"gate_redis\" or \"gate_postgres\" "
+               "at the http level";
+
+    } else if (conf->auth == NGX_HTTP_GATE_AUTH_SESSION
+               && (gmcf->pg == NULL || gmcf->kratos_public.len == 0))
+    {
+        need = "\"gate_auth session\" requires \"gate_postgres\" and "
+               "\"gate_kratos_public\" at the http level";
+
+    } else if (conf->api == NGX_HTTP_GATE_API_IDENTITIES
+               && conf->auth != NGX_HTTP_GATE_AUTH_SECRET_KEY)
+    {
+        need = "\"gate_api identities\" requires \"gate_auth secret_key\"";
+
+    } else if (conf->api == NGX_HTTP_GATE_API_IDENTITIES
+               && (gmcf->pg == NULL || gmcf->kratos_admin.len == 0))
+    {
+        need = "\"gate_api identities\" requires \"gate_postgres\" and "
+               "\"gate_kratos_admin\" at the http level";
+
+    } else if (conf->api == NGX_HTTP_GATE_API_LOGOUT
+               && (gmcf->redis == NULL || gmcf->kratos_public.len == 0))
+    {
+        need = "\"gate_api logout\" requires \"gate_redis\" and "
+               "\"gate_kratos_public\" at the http level";
+
+    } else if (conf->flow != NGX_HTTP_GATE_FLOW_OFF
+               && conf->tenant == NGX_HTTP_GATE_TENANT_CREDENTIAL
+               && conf->auth != NGX_HTTP_GATE_AUTH_SESSION)
+    {
+        need = "\"gate_flow\" requires \"gate_tenant header\" or "
+               "\"gate_tenant host\" (or \"gate_auth session\")";
+
+    } else if (conf->flow != NGX_HTTP_GATE_FLOW_OFF && gmcf->redis == NULL) {
+        need = "\"gate_flow\" requires \"gate_redis\" at the http level";
+
+    } else if (conf->flow == NGX_HTTP_GATE_FLOW_INIT
+               && gmcf->kratos_public.len == 0)
+    {
+        need = "\"gate_flow init\" requires \"gate_kratos_public\" at the "
+               "http level";
+
+    } else if (conf->tenant != NGX_HTTP_GATE_TENANT_CREDENTIAL
+               && gmcf->pg == NULL && gmcf->redis == NULL)
+    {
+        need = "\"gate_tenant\" requires \"gate_postgres\"";
+
+    } else if (conf->hook != NGX_HTTP_GATE_HOOK_NONE
+               && (conf->hook_secret.len < 16 || gmcf->redis == NULL
+                   || gmcf->pg == NULL))
+    {
+        need = "\"gate_hook\" requires \"gate_hook_secret\" (16 characters "
+               "or more), \"gate_redis\" and \"gate_postgres\"";
     }
 
-    if (conf->api == NGX_HTTP_GATE_API_IDENTITIES) {
-        gmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_gate_module);
-
-        if (conf->auth != NGX_HTTP_GATE_AUTH_SECRET_KEY) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"gate_api identities\" requires "
-                               "\"gate_auth secret_key\"");
-            return NGX_CONF_ERROR;
-        }
-
-        if (gmcf->pg == NULL || gmcf->kratos_admin.len == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"gate_api identities\" requires "
-                               "\"gate_postgres\" and \"gate_kratos_admin\" "
-                               "at the http level");
-            return NGX_CONF_ERROR;
-        }
+    if (need) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, need);
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
@@ -325,11 +417,14 @@ ngx_http_gate_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     } else if (ngx_strcmp(value[1].data, "secret_key") == 0) {
         glcf->auth = NGX_HTTP_GATE_AUTH_SECRET_KEY;
 
+    } else if (ngx_strcmp(value[1].data, "session") == 0) {
+        glcf->auth = NGX_HTTP_GATE_AUTH_SESSION;
+
     } else {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid value \"%V\" in \"%V\" directive, "
-                           "it must be \"off\", \"token\" or "
-                           "\"secret_key\"",
+                           "it must be \"off\", \"token\", "
+                           "\"secret_key\" or \"session\"",
                            &value[1], &cmd->name);
         return NGX_CONF_ERROR;
     }
@@ -435,11 +530,15 @@ ngx_http_gate_tenant(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_OK;
     }
 
+    if (ngx_strcmp(value[1].data, "host") == 0) {
+        return ngx_http_gate_tenant_host(cf, glcf, value);
+    }
+
     if (ngx_strcmp(value[1].data, "header") != 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" in \"%V\" directive, "
-                           "it must be \"credential\" or \"header NAME\"",
-                           &value[1], &cmd->name);
+                           "invalid value \"%V\" in \"%V\" directive, it "
+                           "must be \"credential\", \"header NAME\" or "
+                           "\"host SUFFIX\"", &value[1], &cmd->name);
         return NGX_CONF_ERROR;
     }
 
@@ -478,19 +577,145 @@ ngx_http_gate_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    if (ngx_strcmp(value[1].data, "identities") != 0) {
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (ngx_strcmp(value[1].data, "identities") == 0) {
+        glcf->api = NGX_HTTP_GATE_API_IDENTITIES;
+        clcf->handler = ngx_http_gate_api_handler;
+
+    } else if (ngx_strcmp(value[1].data, "logout") == 0) {
+        glcf->api = NGX_HTTP_GATE_API_LOGOUT;
+        clcf->handler = ngx_http_gate_logout_handler;
+
+    } else {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid value \"%V\" in \"%V\" directive, "
-                           "it must be \"identities\"", &value[1],
-                           &cmd->name);
+                           "it must be \"identities\" or \"logout\"",
+                           &value[1], &cmd->name);
         return NGX_CONF_ERROR;
     }
 
-    glcf->api = NGX_HTTP_GATE_API_IDENTITIES;
+    glcf->active = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/* "acme.auth.example.com" with suffix "auth.example.com": tenant "acme" */
+
+static char *
+ngx_http_gate_tenant_host(ngx_conf_t *cf, ngx_http_gate_loc_conf_t *glcf,
+    ngx_str_t *value)
+{
+    u_char  *p;
+
+    if (cf->args->nelts != 3 || value[2].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"gate_tenant host\" needs a domain suffix");
+        return NGX_CONF_ERROR;
+    }
+
+    glcf->tenant = NGX_HTTP_GATE_TENANT_HOST;
+
+    p = ngx_pnalloc(cf->pool, value[2].len + 1);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    glcf->tenant_header.data = p;
+
+    if (value[2].data[0] != '.') {
+        *p++ = '.';
+    }
+
+    ngx_strlow(p, value[2].data, value[2].len);
+    glcf->tenant_header.len = p + value[2].len - glcf->tenant_header.data;
+    glcf->active = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_gate_flow(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_gate_loc_conf_t  *glcf = conf;
+
+    ngx_str_t                 *value;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (glcf->flow != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        glcf->flow = NGX_HTTP_GATE_FLOW_OFF;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value[1].data, "check") == 0) {
+        glcf->flow = NGX_HTTP_GATE_FLOW_CHECK;
+        glcf->active = 1;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value[1].data, "init") != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be \"off\", \"init\" or \"check\"",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    /* creation goes through Gate's own handler, not proxy_pass */
+
+    glcf->flow = NGX_HTTP_GATE_FLOW_INIT;
     glcf->active = 1;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_gate_api_handler;
+    clcf->handler = ngx_http_gate_flow_init_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_gate_hook(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_gate_loc_conf_t  *glcf = conf;
+
+    ngx_str_t                 *value;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (glcf->hook != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "registration") == 0) {
+        glcf->hook = NGX_HTTP_GATE_HOOK_REGISTRATION;
+
+    } else if (ngx_strcmp(value[1].data, "registered") == 0) {
+        glcf->hook = NGX_HTTP_GATE_HOOK_REGISTERED;
+
+    } else if (ngx_strcmp(value[1].data, "login") == 0) {
+        glcf->hook = NGX_HTTP_GATE_HOOK_LOGIN;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, it "
+                           "must be \"registration\", \"registered\" or "
+                           "\"login\"", &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    glcf->active = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_gate_hook_handler;
 
     return NGX_CONF_OK;
 }

@@ -15,15 +15,27 @@
 #define NGX_HTTP_GATE_AUTH_OFF         0
 #define NGX_HTTP_GATE_AUTH_TOKEN       1
 #define NGX_HTTP_GATE_AUTH_SECRET_KEY  2
+#define NGX_HTTP_GATE_AUTH_SESSION     3
+
+#define NGX_HTTP_GATE_FLOW_OFF         0
+#define NGX_HTTP_GATE_FLOW_INIT        1
+#define NGX_HTTP_GATE_FLOW_CHECK       2
+
+#define NGX_HTTP_GATE_HOOK_NONE        0
+#define NGX_HTTP_GATE_HOOK_REGISTRATION  1
+#define NGX_HTTP_GATE_HOOK_REGISTERED  2
+#define NGX_HTTP_GATE_HOOK_LOGIN       3
 
 /* nginx 1.22 names no constant for it */
 #define NGX_HTTP_UNPROCESSABLE_ENTITY  422
 
 #define NGX_HTTP_GATE_API_NONE         0
 #define NGX_HTTP_GATE_API_IDENTITIES   1
+#define NGX_HTTP_GATE_API_LOGOUT       2
 
 #define NGX_HTTP_GATE_TENANT_CREDENTIAL  0
 #define NGX_HTTP_GATE_TENANT_HEADER      1
+#define NGX_HTTP_GATE_TENANT_HOST        2
 
 
 typedef struct ngx_http_gate_redis_s  ngx_http_gate_redis_t;
@@ -36,6 +48,7 @@ typedef struct {
     ngx_http_gate_pg_t        *pg;
     ngx_http_gate_cache_t     *cache;
     ngx_str_t                  kratos_admin;  /* internal location prefix */
+    ngx_str_t                  kratos_public; /* internal location prefix */
 } ngx_http_gate_main_conf_t;
 
 
@@ -45,8 +58,11 @@ typedef struct {
     ngx_array_t               *scopes;        /* of ngx_str_t */
     ngx_str_t                  scope_list;    /* "a b", for WWW-Authenticate */
     ngx_uint_t                 tenant;
-    ngx_str_t                  tenant_header; /* lowercased */
+    ngx_str_t                  tenant_header; /* lowercased; host suffix */
     ngx_uint_t                 api;           /* NGX_HTTP_GATE_API_* */
+    ngx_uint_t                 flow;          /* NGX_HTTP_GATE_FLOW_* */
+    ngx_uint_t                 hook;          /* NGX_HTTP_GATE_HOOK_* */
+    ngx_str_t                  hook_secret;
 } ngx_http_gate_loc_conf_t;
 
 
@@ -73,7 +89,14 @@ typedef struct ngx_http_gate_redis_cmd_s  ngx_http_gate_redis_cmd_t;
 typedef struct ngx_http_gate_pg_query_s   ngx_http_gate_pg_query_t;
 
 
-typedef struct {
+typedef struct ngx_http_gate_ctx_s  ngx_http_gate_ctx_t;
+
+/* Asks the source of a kind that no table holds (sessions: Kratos). */
+typedef ngx_int_t (*ngx_http_gate_miss_pt)(ngx_http_request_t *r,
+    ngx_http_gate_ctx_t *ctx);
+
+
+struct ngx_http_gate_ctx_s {
     ngx_http_request_t        *request;
     ngx_uint_t                 state;
     ngx_uint_t                 kind;          /* NGX_HTTP_GATE_LOOKUP_* */
@@ -91,7 +114,16 @@ typedef struct {
     ngx_str_t                  key_id;
     ngx_str_t                  decision;      /* "allow" | "deny" | "error" */
     ngx_str_t                  deny_reason;
-} ngx_http_gate_ctx_t;
+
+    ngx_uint_t                 step;          /* NGX_HTTP_GATE_STEP_* */
+    ngx_str_t                  param;         /* looked up by value */
+    ngx_http_gate_miss_pt      miss;
+    ngx_str_t                  tenant_id;     /* the request's tenant */
+    ngx_str_t                  flow_id;
+    ngx_http_request_t        *kratos_sr;     /* the last Kratos answer */
+    unsigned                   api_flow:1;
+    unsigned                   guarded:1;
+};
 
 
 extern ngx_module_t  ngx_http_gate_module;

@@ -124,7 +124,18 @@ static ngx_http_gate_pg_statement_t  ngx_http_gate_pg_statements[] = {
     { "gate_identity_list",
       "SELECT identity_id FROM identities"
       " WHERE tenant_id = $1 AND identity_id > $2::uuid"
-      " ORDER BY identity_id LIMIT $3::int" }
+      " ORDER BY identity_id LIMIT $3::int" },
+
+    /* by slug or id; a disabled tenant is found, and says so */
+    { "gate_tenant_lookup",
+      "SELECT id, CASE WHEN disabled_at IS NULL THEN 'active'"
+      " ELSE 'disabled' END, slug,"
+      " extract(epoch FROM now() + interval '5 minutes')::bigint, id"
+      " FROM tenants WHERE slug = $1"
+      " OR (length($1) = 36 AND id::text = $1)" },
+
+    { "gate_identity_tenant",
+      "SELECT tenant_id FROM identities WHERE identity_id = $1::uuid" }
 };
 
 

@@ -19,7 +19,9 @@
 #define NGX_HTTP_GATE_SQL_IDN_INSERT     3
 #define NGX_HTTP_GATE_SQL_IDN_DELETE     4
 #define NGX_HTTP_GATE_SQL_IDN_LIST       5
-#define NGX_HTTP_GATE_SQL_N              6
+#define NGX_HTTP_GATE_SQL_TENANT_LOOKUP  6
+#define NGX_HTTP_GATE_SQL_IDN_TENANT     7
+#define NGX_HTTP_GATE_SQL_N              8
 
 
 /* The "gate_postgres" directive. */

@@ -156,6 +156,12 @@ sub tombstone {
     $r->command('EVAL', $TOMBSTONE, 1, $key, $ttl);
 }
 
+# nginx caches tenant lookups by slug and by id (gate:tnt:{sha256})
+sub forget_tenant {
+    my ($r, $t) = @_;
+    $r->command('DEL', map { 'gate:tnt:' . sha256_hex($_) } $t->{slug}, $t->{id});
+}
+
 sub valid_slug { return $_[0] =~ /\A[a-z0-9][a-z0-9-]{1,62}\z/ }
 
 sub tenant_by_slug {
@@ -245,6 +251,7 @@ SQL
 
     my $r = redis();
     tombstone($r, "gate:$_->[0]:$_->[1]", $_->[2]) for @rows;
+    forget_tenant($r, $t);
     $r->command('PUBLISH', 'gate:invalidate', "tenant:$t->{id}");
 
     print "tenant $slug disabled\n";
@@ -264,6 +271,8 @@ SQL
     # the keys' tombstones from the disable go; their truth is PostgreSQL
     my $r = redis();
     $r->command('DEL', map { "gate:key:$_->[0]" } @keys) if @keys;
+    forget_tenant($r, $t);
+    $r->command('PUBLISH', 'gate:invalidate', "tenant:$t->{id}");
 
     print "tenant $slug enabled\n";
     return 0;
