@@ -116,9 +116,7 @@ ngx_http_gate_api_handler(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
 
-    if (ctx == NULL || ctx->state != NGX_HTTP_GATE_STATE_FOUND
-        || ctx->record.tenant.len == 0)
-    {
+    if (ctx == NULL || ctx->tenant_id.len == 0) {
         /* the access phase lets nobody through without a tenant */
         return NGX_HTTP_FORBIDDEN;
     }
@@ -129,7 +127,7 @@ ngx_http_gate_api_handler(ngx_http_request_t *r)
     }
 
     ctx->api = api;
-    api->tenant = ctx->record.tenant;
+    api->tenant = ctx->tenant_id;
 
     rc = ngx_http_gate_api_route(r, api);
 

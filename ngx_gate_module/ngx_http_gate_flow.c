@@ -137,8 +137,8 @@ ngx_http_gate_flow_check(ngx_http_request_t *r,
     /* another tenant's flow is answered as if it did not exist */
 
     if (ctx->tenant_id.len == 0
-        || ctx->record.tenant.len != ctx->tenant_id.len
-        || ngx_strncmp(ctx->record.tenant.data, ctx->tenant_id.data,
+        || ctx->flow_tenant.len != ctx->tenant_id.len
+        || ngx_strncmp(ctx->flow_tenant.data, ctx->tenant_id.data,
                        ctx->tenant_id.len) != 0)
     {
         return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_NOT_FOUND,
@@ -152,8 +152,8 @@ ngx_http_gate_flow_check(ngx_http_request_t *r,
      * protection to go with them.
      */
 
-    if (ctx->record.subject.len == 3
-        && ngx_strncmp(ctx->record.subject.data, "api", 3) == 0
+    if (ctx->flow_type.len == 3
+        && ngx_strncmp(ctx->flow_type.data, "api", 3) == 0
         && r->method == NGX_HTTP_POST)
     {
         if (ngx_http_gate_headers_remove(r, &ngx_http_gate_flow_cookie)
@@ -164,8 +164,6 @@ ngx_http_gate_flow_check(ngx_http_request_t *r,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
-
-    ngx_memzero(&ctx->record, sizeof(ngx_http_gate_record_t));
 
     return NGX_OK;
 }
@@ -203,12 +201,12 @@ ngx_http_gate_flow_checked(void *data, redisReply *reply)
 
     space = ngx_strlchr(p, p + reply->len, ' ');
 
-    ctx->record.tenant.data = p;
-    ctx->record.tenant.len = space ? (size_t) (space - p) : reply->len;
+    ctx->flow_tenant.data = p;
+    ctx->flow_tenant.len = space ? (size_t) (space - p) : reply->len;
 
     if (space) {
-        ctx->record.subject.data = space + 1;
-        ctx->record.subject.len = p + reply->len - space - 1;
+        ctx->flow_type.data = space + 1;
+        ctx->flow_type.len = p + reply->len - space - 1;
     }
 
     ctx->state = NGX_HTTP_GATE_STATE_FOUND;

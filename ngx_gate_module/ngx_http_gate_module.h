@@ -120,6 +120,8 @@ struct ngx_http_gate_ctx_s {
     ngx_http_gate_miss_pt      miss;
     ngx_str_t                  tenant_id;     /* the request's tenant */
     ngx_str_t                  flow_id;
+    ngx_str_t                  flow_tenant;   /* from gate:flow:{id} */
+    ngx_str_t                  flow_type;     /* "api" | "browser" */
     ngx_http_request_t        *kratos_sr;     /* the last Kratos answer */
     unsigned                   api_flow:1;
     unsigned                   guarded:1;

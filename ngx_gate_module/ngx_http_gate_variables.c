@@ -19,7 +19,7 @@ static ngx_int_t ngx_http_gate_variable(ngx_http_request_t *r,
 static ngx_http_variable_t  ngx_http_gate_variables[] = {
 
     { ngx_string("gate_tenant_id"), NULL, ngx_http_gate_variable,
-      offsetof(ngx_http_gate_ctx_t, record.tenant),
+      offsetof(ngx_http_gate_ctx_t, tenant_id),
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("gate_subject"), NULL, ngx_http_gate_variable,

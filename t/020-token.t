@@ -6,13 +6,19 @@ use warnings;
 
 use Test::More;
 use Gate::Test;
+use Gate::Store;
 use Gate::Token qw(new_secret with_checksum store_token sha256_hex);
 
 my $t = Gate::Test->new;
 $t->start_redis(name => 'r1');
 my $app = $t->start_upstream('APP');
+my $pg = Gate::Store->new($t);
 
-$t->nginx_conf(<<'EOF');
+# tenants are resolved (gate_tenant header) from PostgreSQL
+my ($tenant) = $pg->gatectl(qw(tenant create --slug acme --name Acme))->{out} =~ /^(\S+)/;
+my ($other) = $pg->gatectl(qw(tenant create --slug globex --name Globex))->{out} =~ /^(\S+)/;
+
+(my $conf = <<'EOF') =~ s/%%CONNINFO%%/$pg->conninfo/e;
 %%GLOBALS%%
 http {
     %%HTTP_GLOBALS%%
@@ -21,6 +27,7 @@ http {
     access_log %%TESTDIR%%/gate.log gate;
 
     gate_redis 127.0.0.1:%%REDIS_PORT_r1%% timeout=500ms;
+    gate_postgres "%%CONNINFO%%";
     gate_cache zone=gate:1m ttl=30s negative_ttl=1s;
 
     server {
@@ -51,10 +58,7 @@ http {
     }
 }
 EOF
-$t->start_nginx;
-
-my $tenant = '6f1d3c1e-8f0a-4a55-9d1e-2b7c9e0a1111';
-my $other  = '0b7e5d2a-1c3f-4e8d-a6b9-3c2d1e0f2222';
+$t->start_nginx(conf => $conf);
 
 my ($token, $hash, $id) = store_token($t, 'r1', tenant => $tenant, sub => 'user-1',
                                       scope => 'read profile');
@@ -176,6 +180,10 @@ subtest 'scopes' => sub {
 subtest 'gate_tenant header' => sub {
     my $r = $t->request(GET => '/tenant/x', bearer($token, 'X-Gate-Tenant' => $tenant));
     is $r->{status}, 200, 'the token\'s own tenant: allowed';
+    is $t->request(GET => '/tenant/x', bearer($token, 'X-Gate-Tenant' => 'acme'))->{status}, 200,
+        'the tenant named by its slug: allowed';
+    is $t->request(GET => '/tenant/x', bearer($token, 'X-Gate-Tenant' => 'nosuch'))->{status}, 404,
+        'an unknown tenant: 404';
     ok !exists $r->{json}{headers}{'x-gate-tenant'}, 'the asking header is not passed on';
 
     my $unknown = $t->request(GET => '/tenant/x', bearer(new_secret('gat_live_'), 'X-Gate-Tenant' => $tenant));
@@ -228,4 +236,5 @@ subtest 'variables in the access log' => sub {
 };
 
 $t->finish;
+$pg->finish;
 done_testing;
