@@ -29,6 +29,10 @@
 #define NGX_HTTP_GATE_SESSION_MAX      4096
 
 
+static ngx_int_t ngx_http_gate_session_drop_others(ngx_http_request_t *r,
+    ngx_uint_t cookie);
+static ngx_int_t ngx_http_gate_session_uncookie(ngx_http_request_t *r,
+    ngx_table_elt_t *h);
 static ngx_uint_t ngx_http_gate_session_token_ok(ngx_str_t *token);
 static void ngx_http_gate_session_whoami(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *body);
@@ -41,6 +45,7 @@ static void ngx_http_gate_logout_done(ngx_http_request_t *r,
 
 
 static ngx_str_t  ngx_http_gate_session_header = ngx_string("x-session-token");
+static ngx_str_t  ngx_http_gate_session_auth = ngx_string("authorization");
 static ngx_str_t  ngx_http_gate_session_cookie =
                                              ngx_string("ory_kratos_session");
 static ngx_str_t  ngx_http_gate_session_whoami_path =
@@ -65,7 +70,14 @@ ngx_http_gate_session_credential(ngx_http_request_t *r,
 
     if (h) {
         *credential = h->value;
-        return ngx_http_gate_session_token_ok(credential) ? NGX_OK : NGX_ERROR;
+
+        if (!ngx_http_gate_session_token_ok(credential)) {
+            return NGX_ERROR;
+        }
+
+        /* the upstream must see the credential Gate checked, no other */
+
+        return ngx_http_gate_session_drop_others(r, 1);
     }
 
     if (ngx_http_parse_multi_header_lines(&r->headers_in.cookies,
@@ -73,8 +85,13 @@ ngx_http_gate_session_credential(ngx_http_request_t *r,
                                           credential)
         != NGX_DECLINED)
     {
-        return (credential->len && credential->len <= NGX_HTTP_GATE_SESSION_MAX)
-               ? NGX_OK : NGX_ERROR;
+        if (credential->len == 0
+            || credential->len > NGX_HTTP_GATE_SESSION_MAX)
+        {
+            return NGX_ERROR;
+        }
+
+        return ngx_http_gate_session_drop_others(r, 0);
     }
 
     if (r->headers_in.authorization) {
@@ -95,6 +112,123 @@ ngx_http_gate_session_credential(ngx_http_request_t *r,
     }
 
     return NGX_DECLINED;
+}
+
+
+/*
+ * Kratos reads X-Session-Token, then the cookie, then a bearer token; a
+ * request carrying several must reach the upstream with the one Gate
+ * checked only, or it could be checked as one user and served as another.
+ */
+
+static ngx_int_t
+ngx_http_gate_session_drop_others(ngx_http_request_t *r, ngx_uint_t cookie)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    if (r->headers_in.authorization
+        && r->headers_in.authorization->value.len > 7 + 7
+        && ngx_strncasecmp(r->headers_in.authorization->value.data,
+                           (u_char *) "Bearer ory_st_", 14) == 0)
+    {
+        if (ngx_http_gate_headers_remove(r, &ngx_http_gate_session_auth)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        r->headers_in.authorization = NULL;
+    }
+
+    if (!cookie) {
+        return NGX_OK;
+    }
+
+    /*
+     * The list, not headers_in.cookies: after X-Gate-* were stripped the
+     * list holds copies, and the list is what goes upstream.
+     */
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len != sizeof("Cookie") - 1
+            || ngx_strncasecmp(h[i].key.data, (u_char *) "Cookie", 6) != 0)
+        {
+            continue;
+        }
+
+        if (ngx_http_gate_session_uncookie(r, &h[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_gate_session_uncookie(ngx_http_request_t *r, ngx_table_elt_t *h)
+{
+    u_char  *p, *q, *last, *start, *out;
+
+    /* "a=1;b=2" comes out as "a=1; b=2": room for the added spaces */
+    out = ngx_pnalloc(r->pool, 2 * h->value.len + 2);
+    if (out == NULL) {
+        return NGX_ERROR;
+    }
+
+    q = out;
+    p = h->value.data;
+    last = p + h->value.len;
+
+    while (p < last) {
+        while (p < last && (*p == ' ' || *p == ';')) {
+            p++;
+        }
+
+        start = p;
+
+        while (p < last && *p != ';') {
+            p++;
+        }
+
+        if (p - start > (ssize_t) ngx_http_gate_session_cookie.len
+            && start[ngx_http_gate_session_cookie.len] == '='
+            && ngx_strncmp(start, ngx_http_gate_session_cookie.data,
+                           ngx_http_gate_session_cookie.len) == 0)
+        {
+            continue;
+        }
+
+        if (p > start) {
+            if (q > out) {
+                *q++ = ';';
+                *q++ = ' ';
+            }
+
+            q = ngx_cpymem(q, start, p - start);
+        }
+    }
+
+    h->value.data = out;
+    h->value.len = q - out;
+
+    return NGX_OK;
 }
 
 
