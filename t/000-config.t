@@ -19,7 +19,7 @@ sub example_conf {
         USER => ($> == 0 ? 'user root;' : ''), REDIS_PORT => $t->port('REDIS'),
         KRATOS_PUBLIC_PORT => $t->port('KRATOS'), APP_PORT => $t->port('APP'),
         HTTP_PORT => '%%PORT_HTTP%%', KRATOS_ADMIN_PORT => $t->port('KADMIN'),
-        PG_HOST => '/tmp', PG_PORT => 5432,
+        PG_HOST => '/tmp', PG_PORT => 5432, HOOK_SECRET => 'a-test-hook-secret-0123',
     );
     $conf =~ s/%%(\w+)%%/$v{$1} \/\/ "%%$1%%"/ge;
     $conf =~ s{%%TESTDIR%%/nginx/}{%%TESTDIR%%/}g;

@@ -192,7 +192,7 @@ gate_kratos_config() {
     local dir=$1
     mkdir -p "$dir"
     sed -e "s#%%PUBLIC_PORT%%#$2#g" -e "s#%%ADMIN_PORT%%#$3#g" \
-        -e "s#%%DSN%%#postgres://postgres@127.0.0.1:$5/kratos?sslmode=disable\&max_conns=20\&max_idle_conns=4#g" \
+        -e "s#%%DSN%%#postgres://postgres@127.0.0.1:$5/kratos?sslmode=disable\&max_conns=40\&max_idle_conns=20#g" \
         -e "s#%%PUBLIC_URL%%#$6#g" -e "s#%%HOOK_URL%%#$7#g" -e "s#%%COURIER_URL%%#$8#g" \
         -e "s#%%CONF%%#$GATE_ROOT/conf/kratos#g" \
         -e "s#%%HOOK_SECRET%%#${GATE_HOOK_SECRET:-gate-local-hook-secret}#g" \
