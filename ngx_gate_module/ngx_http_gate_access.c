@@ -355,6 +355,19 @@ ngx_http_gate_access_lookup(ngx_http_request_t *r,
 
     case NGX_HTTP_GATE_AUTH_SECRET_KEY:
         ctx->kind = NGX_HTTP_GATE_LOOKUP_KEY;
+
+        /* "secret_key session": whatever is not a secret key, a session */
+
+        if (glcf->auth_session
+            && (r->headers_in.authorization == NULL
+                || r->headers_in.authorization->value.len
+                   < sizeof("Bearer gate_live_sk_") - 1
+                || ngx_strncmp(r->headers_in.authorization->value.data + 7,
+                               "gate_live_sk_", 13) != 0))
+        {
+            ctx->kind = NGX_HTTP_GATE_LOOKUP_SESSION;
+        }
+
         break;
 
     case NGX_HTTP_GATE_AUTH_SESSION:

@@ -22,6 +22,7 @@
 #include "ngx_http_gate_kratos.h"
 #include "ngx_http_gate_pg.h"
 #include "ngx_http_gate_redis.h"
+#include "ngx_http_gate_token.h"
 
 
 #define NGX_HTTP_GATE_API_BODY_MAX      65536
@@ -34,6 +35,7 @@
 #define NGX_HTTP_GATE_OP_REPLACE        3
 #define NGX_HTTP_GATE_OP_PATCH          4
 #define NGX_HTTP_GATE_OP_DELETE         5
+#define NGX_HTTP_GATE_OP_TOKENS         6
 
 
 typedef struct {
@@ -234,6 +236,26 @@ ngx_http_gate_api_route(ngx_http_request_t *r, ngx_http_gate_api_t *api)
                                             "method_not_allowed",
                                             "Use GET or POST here.");
         }
+    }
+
+    /* a subject's tokens: "/" + a UUID + "/tokens" */
+
+    if (len == 1 + NGX_HTTP_GATE_UUID_LEN + sizeof("/tokens") - 1
+        && *p == '/'
+        && ngx_strncmp(p + 1 + NGX_HTTP_GATE_UUID_LEN, "/tokens", 7) == 0
+        && ngx_http_gate_kratos_is_uuid(p + 1, NGX_HTTP_GATE_UUID_LEN))
+    {
+        api->id.data = p + 1;
+        api->id.len = NGX_HTTP_GATE_UUID_LEN;
+
+        if (r->method != NGX_HTTP_GET && r->method != NGX_HTTP_DELETE) {
+            return ngx_http_gate_api_refuse(api, r, NGX_HTTP_NOT_ALLOWED,
+                                            "method_not_allowed",
+                                            "Use GET or DELETE here.");
+        }
+
+        api->op = NGX_HTTP_GATE_OP_TOKENS;
+        return NGX_OK;
     }
 
     /* one identity: "/" + a UUID; anything else is no identity at all */
@@ -586,6 +608,10 @@ ngx_http_gate_api_start(ngx_http_request_t *r, ngx_http_gate_api_t *api)
 
     case NGX_HTTP_GATE_OP_CREATE:
         return ngx_http_gate_api_create(r, api);
+
+    case NGX_HTTP_GATE_OP_TOKENS:
+        return ngx_http_gate_tokens_of_subject(r, &api->tenant, &api->id)
+               == NGX_OK ? NGX_OK : NGX_HTTP_SERVICE_UNAVAILABLE;
 
     case NGX_HTTP_GATE_OP_LIST:
 
@@ -942,6 +968,7 @@ ngx_http_gate_api_unindexed(void *data, PGresult *res)
     ngx_connection_t     *c;
     ngx_http_request_t   *r = data;
     ngx_http_gate_ctx_t  *ctx;
+    ngx_http_gate_api_t  *api;
 
     /* the request may be gone once answered: keep its connection */
     c = r->connection;
@@ -954,11 +981,19 @@ ngx_http_gate_api_unindexed(void *data, PGresult *res)
                       "gate: identity deleted but its index row stays");
     }
 
-    r->headers_out.status = NGX_HTTP_NO_CONTENT;
-    r->headers_out.content_length_n = 0;
-    r->header_only = 1;
+    /* its access tokens die with it, on every node (answers 204) */
 
-    ngx_http_gate_api_finish(r, ngx_http_send_header(r));
+    api = ctx->api;
+
+    if (ngx_http_gate_tokens_revoke_subject(r, &api->tenant, &api->id)
+        != NGX_OK)
+    {
+        ngx_http_gate_api_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                "unavailable",
+                                "The identity is deleted but its tokens could "
+                                "not be revoked; retry the delete.");
+    }
+
     ngx_http_run_posted_requests(c);
 }
 

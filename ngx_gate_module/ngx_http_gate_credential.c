@@ -193,3 +193,24 @@ ngx_http_gate_credential_hex(u_char *hash, u_char *hex)
 {
     (void) ngx_hex_dump(hex, hash, 32);
 }
+
+
+/* 64 hex digits back to 32 bytes. */
+
+ngx_int_t
+ngx_http_gate_credential_unhex(u_char *hex, u_char *hash)
+{
+    ngx_int_t   n;
+    ngx_uint_t  i;
+
+    for (i = 0; i < 32; i++) {
+        n = ngx_hextoi(hex + 2 * i, 2);
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        hash[i] = (u_char) n;
+    }
+
+    return NGX_OK;
+}

@@ -32,6 +32,7 @@ ngx_int_t ngx_http_gate_credential_check(ngx_str_t *credential,
 void ngx_http_gate_credential_hash(ngx_str_t *credential, u_char *hash);
 void ngx_http_gate_credential_hex(u_char *hash, u_char *hex);
 void ngx_http_gate_credential_exit(void);
+ngx_int_t ngx_http_gate_credential_unhex(u_char *hex, u_char *hash);
 
 
 #endif /* _NGX_HTTP_GATE_CREDENTIAL_H_INCLUDED_ */

@@ -585,7 +585,13 @@ ngx_http_gate_lookup_resume(ngx_http_gate_ctx_t *ctx)
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "gate: credential lookup done, state %ui", ctx->state);
 
-    ngx_http_core_run_phases(r);
+    if (ctx->resume) {
+        ctx->resume(r);
+
+    } else {
+        ngx_http_core_run_phases(r);
+    }
+
     ngx_http_run_posted_requests(c);
 }
 

@@ -16,6 +16,7 @@
 #include "ngx_http_gate_flow.h"
 #include "ngx_http_gate_hook.h"
 #include "ngx_http_gate_session.h"
+#include "ngx_http_gate_token.h"
 #include "ngx_http_gate_cache.h"
 #include "ngx_http_gate_credential.h"
 #include "ngx_http_gate_redis.h"
@@ -122,7 +123,7 @@ static ngx_command_t  ngx_http_gate_commands[] = {
       NULL },
 
     { ngx_string("gate_auth"),
-      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
       ngx_http_gate_auth,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -247,6 +248,7 @@ ngx_http_gate_create_loc_conf(ngx_conf_t *cf)
 
     glcf->active = NGX_CONF_UNSET;
     glcf->auth = NGX_CONF_UNSET_UINT;
+    glcf->auth_session = NGX_CONF_UNSET;
     glcf->scopes = NGX_CONF_UNSET_PTR;
     glcf->tenant = NGX_CONF_UNSET_UINT;
     glcf->api = NGX_CONF_UNSET_UINT;
@@ -265,6 +267,7 @@ ngx_http_gate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_value(conf->active, prev->active, 0);
     ngx_conf_merge_uint_value(conf->auth, prev->auth, NGX_HTTP_GATE_AUTH_OFF);
+    ngx_conf_merge_value(conf->auth_session, prev->auth_session, 0);
     ngx_conf_merge_ptr_value(conf->scopes, prev->scopes, NULL);
     ngx_conf_merge_uint_value(conf->tenant, prev->tenant,
                               NGX_HTTP_GATE_TENANT_CREDENTIAL);
@@ -324,6 +327,34 @@ ngx_http_gate_merge_checks(ngx_conf_t *cf, ngx_http_gate_loc_conf_t *conf)
                && (gmcf->redis == NULL || gmcf->kratos_public.len == 0))
     {
         need = "\"gate_api logout\" requires \"gate_redis\" and "
+               "\"gate_kratos_public\" at the http level";
+
+    } else if (conf->api == NGX_HTTP_GATE_API_TOKENS
+               && (conf->auth != NGX_HTTP_GATE_AUTH_SECRET_KEY
+                   && conf->auth != NGX_HTTP_GATE_AUTH_SESSION))
+    {
+        need = "\"gate_api tokens\" requires \"gate_auth secret_key\", "
+               "\"gate_auth session\" or \"gate_auth secret_key session\"";
+
+    } else if ((conf->api == NGX_HTTP_GATE_API_INTROSPECT
+                || conf->api == NGX_HTTP_GATE_API_REVOKE)
+               && conf->auth != NGX_HTTP_GATE_AUTH_OFF)
+    {
+        need = "\"gate_api introspect\" and \"revoke\" authenticate the "
+               "OAuth client themselves: remove \"gate_auth\"";
+
+    } else if ((conf->api == NGX_HTTP_GATE_API_TOKENS
+                || conf->api == NGX_HTTP_GATE_API_INTROSPECT
+                || conf->api == NGX_HTTP_GATE_API_REVOKE)
+               && (gmcf->pg == NULL || gmcf->redis == NULL))
+    {
+        need = "the token API requires \"gate_postgres\" and \"gate_redis\" "
+               "at the http level";
+
+    } else if ((conf->auth == NGX_HTTP_GATE_AUTH_SESSION || conf->auth_session)
+               && (gmcf->pg == NULL || gmcf->kratos_public.len == 0))
+    {
+        need = "\"gate_auth session\" requires \"gate_postgres\" and "
                "\"gate_kratos_public\" at the http level";
 
     } else if (conf->flow != NGX_HTTP_GATE_FLOW_OFF
@@ -421,17 +452,40 @@ ngx_http_gate_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         glcf->auth = NGX_HTTP_GATE_AUTH_SESSION;
 
     } else {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" in \"%V\" directive, "
-                           "it must be \"off\", \"token\", "
-                           "\"secret_key\" or \"session\"",
-                           &value[1], &cmd->name);
-        return NGX_CONF_ERROR;
+        goto invalid;
+    }
+
+    /* "secret_key session": a tenant's backend, or an end user's session */
+
+    glcf->auth_session = 0;
+
+    if (cf->args->nelts == 3) {
+        if (glcf->auth != NGX_HTTP_GATE_AUTH_SECRET_KEY
+            || ngx_strcmp(value[2].data, "session") != 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\" in \"%V\" directive, "
+                               "only \"secret_key session\" may be "
+                               "combined", &value[2], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        glcf->auth_session = 1;
     }
 
     glcf->active = 1;
 
     return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" in \"%V\" directive, "
+                       "it must be \"off\", \"token\", "
+                       "\"secret_key\" or \"session\"",
+                       &value[1], &cmd->name);
+
+    return NGX_CONF_ERROR;
 }
 
 
@@ -587,10 +641,23 @@ ngx_http_gate_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         glcf->api = NGX_HTTP_GATE_API_LOGOUT;
         clcf->handler = ngx_http_gate_logout_handler;
 
+    } else if (ngx_strcmp(value[1].data, "tokens") == 0) {
+        glcf->api = NGX_HTTP_GATE_API_TOKENS;
+        clcf->handler = ngx_http_gate_tokens_handler;
+
+    } else if (ngx_strcmp(value[1].data, "introspect") == 0) {
+        glcf->api = NGX_HTTP_GATE_API_INTROSPECT;
+        clcf->handler = ngx_http_gate_tokens_client_handler;
+
+    } else if (ngx_strcmp(value[1].data, "revoke") == 0) {
+        glcf->api = NGX_HTTP_GATE_API_REVOKE;
+        clcf->handler = ngx_http_gate_tokens_client_handler;
+
     } else {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" in \"%V\" directive, "
-                           "it must be \"identities\" or \"logout\"",
+                           "invalid value \"%V\" in \"%V\" directive, it "
+                           "must be \"identities\", \"tokens\", "
+                           "\"introspect\", \"revoke\" or \"logout\"",
                            &value[1], &cmd->name);
         return NGX_CONF_ERROR;
     }

@@ -32,6 +32,9 @@
 #define NGX_HTTP_GATE_API_NONE         0
 #define NGX_HTTP_GATE_API_IDENTITIES   1
 #define NGX_HTTP_GATE_API_LOGOUT       2
+#define NGX_HTTP_GATE_API_TOKENS       3
+#define NGX_HTTP_GATE_API_INTROSPECT   4
+#define NGX_HTTP_GATE_API_REVOKE       5
 
 #define NGX_HTTP_GATE_TENANT_CREDENTIAL  0
 #define NGX_HTTP_GATE_TENANT_HEADER      1
@@ -55,6 +58,7 @@ typedef struct {
 typedef struct {
     ngx_flag_t                 active;        /* any gate_ directive here */
     ngx_uint_t                 auth;
+    ngx_flag_t                 auth_session;  /* "secret_key session" */
     ngx_array_t               *scopes;        /* of ngx_str_t */
     ngx_str_t                  scope_list;    /* "a b", for WWW-Authenticate */
     ngx_uint_t                 tenant;
@@ -118,6 +122,7 @@ struct ngx_http_gate_ctx_s {
     ngx_uint_t                 step;          /* NGX_HTTP_GATE_STEP_* */
     ngx_str_t                  param;         /* looked up by value */
     ngx_http_gate_miss_pt      miss;
+    ngx_http_event_handler_pt  resume;        /* outside the access phase */
     ngx_str_t                  tenant_id;     /* the request's tenant */
     ngx_str_t                  flow_id;
     ngx_str_t                  flow_tenant;   /* from gate:flow:{id} */

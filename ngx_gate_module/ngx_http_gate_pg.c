@@ -24,7 +24,7 @@
 
 #define NGX_HTTP_GATE_PG_BACKOFF_MIN   100
 #define NGX_HTTP_GATE_PG_BACKOFF_MAX   2000
-#define NGX_HTTP_GATE_PG_MAX_PARAMS    4
+#define NGX_HTTP_GATE_PG_MAX_PARAMS    6
 
 
 typedef struct {
@@ -135,7 +135,49 @@ static ngx_http_gate_pg_statement_t  ngx_http_gate_pg_statements[] = {
       " OR (length($1) = 36 AND id::text = $1)" },
 
     { "gate_identity_tenant",
-      "SELECT tenant_id FROM identities WHERE identity_id = $1::uuid" }
+      "SELECT tenant_id FROM identities WHERE identity_id = $1::uuid" },
+
+    { "gate_token_insert",
+      "INSERT INTO access_tokens"
+      " (id, tenant_id, subject, token_hash, scopes, expires_at)"
+      " VALUES (gen_random_uuid(), $1, $2, $3, $4,"
+      " now() + make_interval(secs => $5::int))"
+      " RETURNING id, extract(epoch FROM created_at)::bigint,"
+      " extract(epoch FROM expires_at)::bigint" },
+
+    /* introspection asks the truth, not a cache */
+    { "gate_token_inspect",
+      "SELECT t.subject, t.scopes, extract(epoch FROM t.expires_at)::bigint,"
+      " extract(epoch FROM t.created_at)::bigint, t.id"
+      " FROM access_tokens t JOIN tenants n ON n.id = t.tenant_id"
+      " WHERE t.token_hash = $1 AND t.tenant_id = $2::uuid"
+      " AND t.revoked_at IS NULL AND t.expires_at > now()"
+      " AND n.disabled_at IS NULL" },
+
+    { "gate_token_revoke",
+      "UPDATE access_tokens SET revoked_at = now()"
+      " WHERE token_hash = $1 AND tenant_id = $2::uuid"
+      " AND revoked_at IS NULL"
+      " RETURNING token_hash,"
+      " greatest(extract(epoch FROM expires_at - now())::bigint, 60)" },
+
+    { "gate_token_list",
+      "SELECT id, scopes, extract(epoch FROM created_at)::bigint,"
+      " extract(epoch FROM expires_at)::bigint FROM access_tokens"
+      " WHERE tenant_id = $1::uuid AND subject = $2"
+      " AND revoked_at IS NULL AND expires_at > now()"
+      " ORDER BY created_at, id" },
+
+    { "gate_token_revoke_subject",
+      "UPDATE access_tokens SET revoked_at = now()"
+      " WHERE tenant_id = $1::uuid AND subject = $2 AND revoked_at IS NULL"
+      " RETURNING token_hash,"
+      " greatest(extract(epoch FROM expires_at - now())::bigint, 60)" },
+
+    { "gate_tenant_settings",
+      "SELECT t.slug, coalesce(s.settings, '{}'::jsonb)::text"
+      " FROM tenants t LEFT JOIN tenant_settings s ON s.tenant_id = t.id"
+      " WHERE t.id = $1::uuid" }
 };
 
 
