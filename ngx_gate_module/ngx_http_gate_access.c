@@ -56,6 +56,7 @@ static ngx_int_t ngx_http_gate_access_allow(ngx_http_request_t *r,
     ngx_http_gate_ctx_t *ctx);
 static ngx_int_t ngx_http_gate_access_bearer_challenge(ngx_http_request_t *r,
     ngx_http_gate_loc_conf_t *glcf, const char *error);
+static ngx_uint_t ngx_http_gate_access_has_key(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_gate_access_same(ngx_str_t *a, ngx_str_t *b);
 
 
@@ -235,6 +236,14 @@ ngx_http_gate_access_tenant(ngx_http_request_t *r,
 
     case NGX_HTTP_GATE_STATE_NEW:
 
+        /* with "secret_key session", a secret key names its own tenant */
+
+        if (ctx->tenant_asked.len == 0 && glcf->auth_session
+            && ngx_http_gate_access_has_key(r))
+        {
+            return NGX_OK;
+        }
+
         if (ctx->tenant_asked.len == 0) {
             return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_BAD_REQUEST,
                        "tenant_required", "tenant_required",
@@ -358,13 +367,7 @@ ngx_http_gate_access_lookup(ngx_http_request_t *r,
 
         /* "secret_key session": whatever is not a secret key, a session */
 
-        if (glcf->auth_session
-            && (r->headers_in.authorization == NULL
-                || r->headers_in.authorization->value.len
-                   < sizeof("Bearer gate_live_sk_") - 1
-                || ngx_strncmp(r->headers_in.authorization->value.data + 7,
-                               "gate_live_sk_", 13) != 0))
-        {
+        if (glcf->auth_session && !ngx_http_gate_access_has_key(r)) {
             ctx->kind = NGX_HTTP_GATE_LOOKUP_SESSION;
         }
 
@@ -722,6 +725,19 @@ ngx_http_gate_access_bearer_challenge(ngx_http_request_t *r,
     r->headers_out.www_authenticate = h;
 
     return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_gate_access_has_key(ngx_http_request_t *r)
+{
+    ngx_table_elt_t  *h;
+
+    h = r->headers_in.authorization;
+
+    return h && h->value.len >= sizeof("Bearer gate_live_sk_") - 1
+           && ngx_strncasecmp(h->value.data, (u_char *) "Bearer ", 7) == 0
+           && ngx_strncmp(h->value.data + 7, "gate_live_sk_", 13) == 0;
 }
 
 

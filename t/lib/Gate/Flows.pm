@@ -16,6 +16,7 @@ sub front_conf {
     my $admin = $opt{admin_port} // $ENV{GATE_TEST_KRATOS_ADMIN_PORT};
     my $public = $opt{public_port} // $ENV{GATE_TEST_KRATOS_PUBLIC_PORT};
     my $tenant = $opt{tenant} // 'header X-Gate-Tenant';
+    my $extra = $opt{extra} // '';
 
     return <<"EOF";
 %%GLOBALS%%
@@ -100,6 +101,7 @@ http {
             proxy_pass http://127.0.0.1:%%PORT_APP%%;
         }
 
+$extra
         location / {
             return 404 '{"error":{"code":"not_found","message":"Not found."}}';
         }
