@@ -663,7 +663,6 @@ ngx_http_gate_api_start(ngx_http_request_t *r, ngx_http_gate_api_t *api)
 static ngx_int_t
 ngx_http_gate_api_create(ngx_http_request_t *r, ngx_http_gate_api_t *api)
 {
-    char       *dump;
     json_t     *gate;
     ngx_str_t   body;
 
@@ -675,20 +674,9 @@ ngx_http_gate_api_create(ngx_http_request_t *r, ngx_http_gate_api_t *api)
 
     json_object_set_new(api->body, "metadata_admin", gate);
 
-    dump = json_dumps(api->body, JSON_COMPACT);
-    if (dump == NULL) {
+    if (ngx_http_gate_json_dump(r->pool, api->body, &body) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    body.len = ngx_strlen(dump);
-    body.data = ngx_pnalloc(r->pool, body.len);
-    if (body.data == NULL) {
-        free(dump);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_memcpy(body.data, dump, body.len);
-    free(dump);
 
     return ngx_http_gate_kratos_call(r, NGX_HTTP_GATE_KRATOS_POST, &api->path,
                                      NULL, &body, ngx_http_gate_api_created);
@@ -814,7 +802,6 @@ static void
 ngx_http_gate_api_owner_fetched(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *body)
 {
-    char                 *dump;
     json_t               *identity;
     ngx_str_t             text;
     ngx_uint_t            method;
@@ -866,22 +853,10 @@ ngx_http_gate_api_owner_fetched(ngx_http_request_t *r, ngx_uint_t status,
         break;
     }
 
-    dump = json_dumps(api->body, JSON_COMPACT);
-    if (dump == NULL) {
+    if (ngx_http_gate_json_dump(r->pool, api->body, &text) != NGX_OK) {
         ngx_http_gate_api_finish(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
-
-    text.len = ngx_strlen(dump);
-    text.data = ngx_pnalloc(r->pool, text.len);
-    if (text.data == NULL) {
-        free(dump);
-        ngx_http_gate_api_finish(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    ngx_memcpy(text.data, dump, text.len);
-    free(dump);
 
     if (ngx_http_gate_kratos_call(r, method, &api->path, NULL, &text,
                                   ngx_http_gate_api_mutated)
@@ -1276,34 +1251,23 @@ static void
 ngx_http_gate_api_respond(ngx_http_request_t *r, ngx_uint_t status,
     json_t *value)
 {
-    char       *dump;
+    ngx_int_t   rc;
     ngx_str_t   body;
 
     if (json_is_object(value)) {
         json_object_del(value, "metadata_admin");
     }
 
-    dump = json_dumps(value, JSON_COMPACT|JSON_ENCODE_ANY);
+    rc = ngx_http_gate_json_dump(r->pool, value, &body);
 
     if (json_is_array(value)) {
         json_decref(value);
     }
 
-    if (dump == NULL) {
+    if (rc != NGX_OK) {
         ngx_http_gate_api_finish(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
-
-    body.len = ngx_strlen(dump);
-    body.data = ngx_pnalloc(r->pool, body.len);
-    if (body.data == NULL) {
-        free(dump);
-        ngx_http_gate_api_finish(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    ngx_memcpy(body.data, dump, body.len);
-    free(dump);
 
     ngx_http_gate_api_finish(r, ngx_http_gate_json_send(r, status, &body));
 }

@@ -18,35 +18,52 @@ ngx_int_t
 ngx_http_gate_json_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *message)
 {
-    char       *dump;
     json_t     *root;
+    ngx_int_t   rc;
     ngx_str_t   body;
 
     root = json_pack("{s:{s:s,s:s}}", "error", "code", code,
                      "message", message);
-    if (root == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
 
-    dump = json_dumps(root, JSON_COMPACT);
+    rc = ngx_http_gate_json_dump(r->pool, root, &body);
     json_decref(root);
 
-    if (dump == NULL) {
+    if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    body.len = ngx_strlen(dump);
-    body.data = ngx_pnalloc(r->pool, body.len);
-
-    if (body.data == NULL) {
-        free(dump);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_memcpy(body.data, dump, body.len);
-    free(dump);
 
     return ngx_http_gate_json_send(r, status, &body);
+}
+
+
+/* jansson's text, moved into the pool; the value stays the caller's. */
+
+ngx_int_t
+ngx_http_gate_json_dump(ngx_pool_t *pool, json_t *value, ngx_str_t *out)
+{
+    char  *dump;
+
+    if (value == NULL) {
+        return NGX_ERROR;
+    }
+
+    dump = json_dumps(value, JSON_COMPACT|JSON_ENCODE_ANY);
+    if (dump == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->len = ngx_strlen(dump);
+    out->data = ngx_pnalloc(pool, out->len);
+
+    if (out->data == NULL) {
+        free(dump);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(out->data, dump, out->len);
+    free(dump);
+
+    return NGX_OK;
 }
 
 

@@ -7,6 +7,8 @@
 #define _NGX_HTTP_GATE_JSON_H_INCLUDED_
 
 
+#include <jansson.h>
+
 #include "ngx_http_gate_module.h"
 
 
@@ -14,6 +16,8 @@ ngx_int_t ngx_http_gate_json_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *message);
 ngx_int_t ngx_http_gate_json_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *body);
+ngx_int_t ngx_http_gate_json_dump(ngx_pool_t *pool, json_t *value,
+    ngx_str_t *out);
 
 
 #endif /* _NGX_HTTP_GATE_JSON_H_INCLUDED_ */

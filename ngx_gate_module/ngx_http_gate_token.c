@@ -81,6 +81,8 @@ static void ngx_http_gate_tokens_inspected(void *data, PGresult *res);
 static void ngx_http_gate_tokens_revoked(void *data, PGresult *res);
 static void ngx_http_gate_tokens_listed(void *data, PGresult *res);
 static void ngx_http_gate_tokens_owner(void *data, PGresult *res);
+static ngx_http_gate_tokens_t *ngx_http_gate_tokens_answered(
+    ngx_http_request_t *r);
 static ngx_int_t ngx_http_gate_tokens_pg(ngx_http_request_t *r,
     ngx_uint_t statement, ngx_uint_t n, ngx_str_t *params,
     ngx_http_gate_pg_handler_pt handler);
@@ -348,13 +350,10 @@ ngx_http_gate_tokens_settings(void *data, PGresult *res)
     ngx_int_t                max, ttl;
     ngx_connection_t        *c;
     ngx_http_request_t      *r = data;
-    ngx_http_gate_ctx_t     *ctx;
     ngx_http_gate_tokens_t  *tk;
 
     c = r->connection;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
-    tk = ctx->api;
-    tk->query = NULL;
+    tk = ngx_http_gate_tokens_answered(r);
 
     if (res == NULL || PQntuples(res) != 1) {
         ngx_http_gate_tokens_error(r, tk, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -537,13 +536,10 @@ ngx_http_gate_tokens_subject(void *data, PGresult *res)
 {
     ngx_connection_t        *c;
     ngx_http_request_t      *r = data;
-    ngx_http_gate_ctx_t     *ctx;
     ngx_http_gate_tokens_t  *tk;
 
     c = r->connection;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
-    tk = ctx->api;
-    tk->query = NULL;
+    tk = ngx_http_gate_tokens_answered(r);
 
     if (res == NULL) {
         ngx_http_gate_tokens_error(r, tk, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -628,13 +624,10 @@ ngx_http_gate_tokens_inserted(void *data, PGresult *res)
     ngx_connection_t        *c;
     ngx_table_elt_t         *h;
     ngx_http_request_t      *r = data;
-    ngx_http_gate_ctx_t     *ctx;
     ngx_http_gate_tokens_t  *tk;
 
     c = r->connection;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
-    tk = ctx->api;
-    tk->query = NULL;
+    tk = ngx_http_gate_tokens_answered(r);
 
     if (res == NULL || PQntuples(res) != 1) {
         ngx_http_gate_tokens_error(r, tk, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -930,13 +923,10 @@ ngx_http_gate_tokens_client_slug(void *data, PGresult *res)
 {
     ngx_connection_t        *c;
     ngx_http_request_t      *r = data;
-    ngx_http_gate_ctx_t     *ctx;
     ngx_http_gate_tokens_t  *tk;
 
     c = r->connection;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
-    tk = ctx->api;
-    tk->query = NULL;
+    tk = ngx_http_gate_tokens_answered(r);
 
     if (res == NULL) {
         ngx_http_gate_tokens_error(r, tk, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -1017,13 +1007,10 @@ ngx_http_gate_tokens_inspected(void *data, PGresult *res)
     json_t                  *answer;
     ngx_connection_t        *c;
     ngx_http_request_t      *r = data;
-    ngx_http_gate_ctx_t     *ctx;
     ngx_http_gate_tokens_t  *tk;
 
     c = r->connection;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
-    tk = ctx->api;
-    tk->query = NULL;
+    tk = ngx_http_gate_tokens_answered(r);
 
     if (res == NULL) {
         ngx_http_gate_tokens_error(r, tk, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -1079,9 +1066,8 @@ ngx_http_gate_tokens_revoked(void *data, PGresult *res)
     ngx_http_gate_main_conf_t  *gmcf;
 
     c = r->connection;
+    tk = ngx_http_gate_tokens_answered(r);
     ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
-    tk = ctx->api;
-    tk->query = NULL;
     gmcf = ngx_http_get_module_main_conf(r, ngx_http_gate_module);
 
     if (res == NULL) {
@@ -1210,13 +1196,10 @@ ngx_http_gate_tokens_owner(void *data, PGresult *res)
     ngx_str_t                params[2];
     ngx_connection_t        *c;
     ngx_http_request_t      *r = data;
-    ngx_http_gate_ctx_t     *ctx;
     ngx_http_gate_tokens_t  *tk;
 
     c = r->connection;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
-    tk = ctx->api;
-    tk->query = NULL;
+    tk = ngx_http_gate_tokens_answered(r);
 
     if (res == NULL) {
         ngx_http_gate_tokens_error(r, tk, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -1266,13 +1249,10 @@ ngx_http_gate_tokens_listed(void *data, PGresult *res)
     ngx_int_t                i;
     ngx_connection_t        *c;
     ngx_http_request_t      *r = data;
-    ngx_http_gate_ctx_t     *ctx;
     ngx_http_gate_tokens_t  *tk;
 
     c = r->connection;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
-    tk = ctx->api;
-    tk->query = NULL;
+    tk = ngx_http_gate_tokens_answered(r);
 
     if (res == NULL) {
         ngx_http_gate_tokens_error(r, tk, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -1299,6 +1279,22 @@ ngx_http_gate_tokens_listed(void *data, PGresult *res)
 done:
 
     ngx_http_run_posted_requests(c);
+}
+
+
+/* A query of this request came back: it is no longer to be cancelled. */
+
+static ngx_http_gate_tokens_t *
+ngx_http_gate_tokens_answered(ngx_http_request_t *r)
+{
+    ngx_http_gate_ctx_t     *ctx;
+    ngx_http_gate_tokens_t  *tk;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
+    tk = ctx->api;
+    tk->query = NULL;
+
+    return tk;
 }
 
 
@@ -1440,7 +1436,7 @@ static void
 ngx_http_gate_tokens_send(ngx_http_request_t *r, ngx_uint_t status,
     json_t *value)
 {
-    char       *dump;
+    ngx_int_t   rc;
     ngx_str_t   body;
 
     if (value == NULL) {
@@ -1450,24 +1446,13 @@ ngx_http_gate_tokens_send(ngx_http_request_t *r, ngx_uint_t status,
         return;
     }
 
-    dump = json_dumps(value, JSON_COMPACT);
+    rc = ngx_http_gate_json_dump(r->pool, value, &body);
     json_decref(value);
 
-    if (dump == NULL) {
+    if (rc != NGX_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
-
-    body.len = ngx_strlen(dump);
-    body.data = ngx_pnalloc(r->pool, body.len);
-    if (body.data == NULL) {
-        free(dump);
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    ngx_memcpy(body.data, dump, body.len);
-    free(dump);
 
     ngx_http_finalize_request(r, ngx_http_gate_json_send(r, status, &body));
 }
