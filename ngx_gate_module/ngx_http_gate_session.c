@@ -536,9 +536,11 @@ ngx_http_gate_logout_done(ngx_http_request_t *r, ngx_uint_t status,
     }
 
     if (status != NGX_HTTP_NO_CONTENT && status != NGX_HTTP_OK) {
-        ngx_http_finalize_request(r, ngx_http_gate_json_error(r,
-                                  status == NGX_HTTP_UNAUTHORIZED
-                                  ? NGX_HTTP_UNAUTHORIZED : NGX_HTTP_BAD_REQUEST,
+        if (status != NGX_HTTP_UNAUTHORIZED) {
+            status = NGX_HTTP_BAD_REQUEST;
+        }
+
+        ngx_http_finalize_request(r, ngx_http_gate_json_error(r, status,
                                   "invalid_session",
                                   "The session is invalid or has ended."));
         return;
