@@ -88,6 +88,9 @@ sub _repo_root {
 # END blocks do not run when a signal kills the process; exiting from a
 # handler makes them run, so a Ctrl-C or a prove timeout still stops children.
 sub _exit_cleanly_on_signals {
+    # a reader that went away (prove | head) must not leave servers behind
+    $SIG{PIPE} = 'IGNORE';
+
     for my $sig (qw(INT TERM HUP)) {
         next if ref $SIG{$sig} || ($SIG{$sig} // '') eq 'IGNORE';
         $SIG{$sig} = sub { Test::More::diag("Gate::Test: caught SIG$sig"); exit 1 };
