@@ -26,6 +26,7 @@
 
 
 #define NGX_HTTP_GATE_API_BODY_MAX      65536
+#define NGX_HTTP_GATE_API_PASSWORD_MIN  8
 #define NGX_HTTP_GATE_API_PAGE_DEFAULT  100
 #define NGX_HTTP_GATE_API_PAGE_MAX      500
 
@@ -528,6 +529,26 @@ ngx_http_gate_api_check_body(ngx_http_request_t *r, ngx_http_gate_api_t *api)
         ngx_http_gate_api_error(r, NGX_HTTP_UNPROCESSABLE_ENTITY,
                                 "invalid_schema",
                                 "schema_id must be \"user\".");
+        return NGX_ERROR;
+    }
+
+    /*
+     * Kratos' admin API takes any password (imports are trusted); a tenant
+     * creating users through Gate gets the floor self-service has.
+     */
+
+    value = json_object_get(json_object_get(json_object_get(
+                json_object_get(api->body, "credentials"), "password"),
+                "config"), "password");
+
+    if (value && (!json_is_string(value)
+                  || json_string_length(value)
+                     < NGX_HTTP_GATE_API_PASSWORD_MIN))
+    {
+        ngx_http_gate_api_error(r, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                "weak_password",
+                                "The password must have at least 8 "
+                                "characters.");
         return NGX_ERROR;
     }
 

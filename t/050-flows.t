@@ -132,6 +132,20 @@ subtest 'A\'s credentials through B\'s login look like a wrong password' => sub 
     ok !defined $cross->{json}{session_token}, 'and no session';
 };
 
+subtest 'a registration flow Gate did not create is interrupted by the hook' => sub {
+    # straight at Kratos, past Gate: no tenant can be given to the identity
+    my $port = $ENV{GATE_TEST_KRATOS_PUBLIC_PORT};
+    my $flow = $t->request(GET => '/self-service/registration/api', port => $port);
+    is $flow->{status}, 200, 'a flow made at Kratos directly';
+    my $r = $t->request(POST => "/self-service/registration?flow=$flow->{json}{id}", port => $port,
+                        json => { method => 'password', traits => { email => "stray-$run\@acme.test" },
+                                  password => "Eleven green frogs $run" });
+    is $r->{status}, 400, 'registration refused';
+    like join(' ', @{ messages($r) }), qr/^4000001: This registration did not start here/,
+        'with the hook\'s Kratos-shaped message';
+    ok !$r->{json}{identity}, 'no identity was made';
+};
+
 subtest 'A\'s flow id used with B' => sub {
     my $flow = req('acme', GET => '/self-service/login/api');
     my $id = $flow->{json}{id};
