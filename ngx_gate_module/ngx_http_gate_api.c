@@ -69,6 +69,7 @@ static ngx_int_t ngx_http_gate_api_check_body(ngx_http_request_t *r,
     ngx_http_gate_api_t *api);
 static ngx_int_t ngx_http_gate_api_check_patch(ngx_http_request_t *r,
     json_t *patch);
+static ngx_uint_t ngx_http_gate_api_patchable(const char *pointer);
 static ngx_int_t ngx_http_gate_api_start(ngx_http_request_t *r,
     ngx_http_gate_api_t *api);
 static ngx_int_t ngx_http_gate_api_create(ngx_http_request_t *r,
@@ -400,15 +401,26 @@ ngx_http_gate_api_read_body(ngx_http_request_t *r, ngx_str_t *text)
 {
     u_char       *p;
     off_t         len;
-    ssize_t       n;
     ngx_buf_t    *b;
     ngx_chain_t  *cl;
 
     len = 0;
 
+    /*
+     * A body nginx spilled to a file is not read back here: that would be
+     * a disk read in the worker.  client_body_buffer_size 64k keeps every
+     * acceptable body in memory.
+     */
+
     for (cl = r->request_body->bufs; cl; cl = cl->next) {
         b = cl->buf;
-        len += b->in_file ? b->file_last - b->file_pos : b->last - b->pos;
+
+        if (b->in_file) {
+            text->len = NGX_HTTP_GATE_API_BODY_MAX + 1;
+            return NGX_OK;
+        }
+
+        len += b->last - b->pos;
     }
 
     if (len > NGX_HTTP_GATE_API_BODY_MAX) {
@@ -426,17 +438,6 @@ ngx_http_gate_api_read_body(ngx_http_request_t *r, ngx_str_t *text)
 
     for (cl = r->request_body->bufs; cl; cl = cl->next) {
         b = cl->buf;
-
-        if (b->in_file) {
-            n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
-                              b->file_pos);
-            if (n == NGX_ERROR) {
-                return NGX_ERROR;
-            }
-
-            p += n;
-            continue;
-        }
 
         p = ngx_cpymem(p, b->pos, b->last - b->pos);
     }
@@ -563,14 +564,19 @@ ngx_http_gate_api_check_body(ngx_http_request_t *r, ngx_http_gate_api_t *api)
 }
 
 
-/* A JSON Patch may not touch what is Gate's, nor replace the whole. */
+/*
+ * A JSON Patch may touch only the tenant's parts of an identity.  An
+ * allowlist of exact member names, not a denylist: Kratos applies the
+ * patch to JSON and reads the result back case-insensitively, so
+ * "/Metadata_Admin" would otherwise reach metadata_admin.
+ */
 
 static ngx_int_t
 ngx_http_gate_api_check_patch(ngx_http_request_t *r, json_t *patch)
 {
     size_t       i, k;
     json_t      *op, *path;
-    const char  *fields[2], *s;
+    const char  *fields[2];
 
     if (!json_is_array(patch) || json_array_size(patch) == 0) {
         ngx_http_gate_api_error(r, NGX_HTTP_BAD_REQUEST, "invalid_json",
@@ -595,26 +601,76 @@ ngx_http_gate_api_check_patch(ngx_http_request_t *r, json_t *patch)
 
         for (k = 0; k < 2; k++) {
             path = json_object_get(op, fields[k]);
+
             if (path == NULL) {
                 continue;
             }
 
-            s = json_string_value(path);
-
-            if (s == NULL || s[0] == '\0'
-                || ngx_strncmp(s, "/metadata_admin", 15) == 0
-                || ngx_strncmp(s, "/schema_id", 10) == 0)
+            if (!json_is_string(path)
+                || !ngx_http_gate_api_patchable(json_string_value(path)))
             {
                 ngx_http_gate_api_error(r, NGX_HTTP_UNPROCESSABLE_ENTITY,
                                         "forbidden_path",
-                                        "A patch may not touch "
-                                        "/metadata_admin or /schema_id.");
+                                        "A patch may touch only /traits, "
+                                        "/state, /metadata_public, "
+                                        "/verifiable_addresses and "
+                                        "/recovery_addresses.");
                 return NGX_ERROR;
             }
         }
     }
 
     return NGX_OK;
+}
+
+
+/* The first member of a JSON Pointer, "~1"/"~0" undone, exactly one of ours */
+
+static ngx_uint_t
+ngx_http_gate_api_patchable(const char *pointer)
+{
+    u_char       member[32], *q;
+    const char  *p;
+    ngx_uint_t   i;
+
+    static const char  *allowed[] = {
+        "traits", "state", "metadata_public", "verifiable_addresses",
+        "recovery_addresses", NULL
+    };
+
+    if (pointer[0] != '/') {
+        return 0;
+    }
+
+    q = member;
+
+    for (p = pointer + 1; *p && *p != '/'; p++) {
+        if (q == member + sizeof(member) - 1) {
+            return 0;
+        }
+
+        if (*p == '~') {
+            if (p[1] != '0' && p[1] != '1') {
+                return 0;
+            }
+
+            *q++ = (p[1] == '1') ? '/' : '~';
+            p++;
+            continue;
+        }
+
+        *q++ = *p;
+    }
+
+    *q = '\0';
+
+    for (i = 0; allowed[i]; i++) {
+        if (ngx_strcmp(member, allowed[i]) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 

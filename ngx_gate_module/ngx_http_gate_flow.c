@@ -44,21 +44,76 @@ static ngx_str_t  ngx_http_gate_flow_origin = ngx_string("origin");
 
 
 /*
- * The flow id is in "flow" (submissions) or "id" (fetches).  A malformed
- * one is refused before any lookup.
+ * The flow id is in "flow" (submissions) or "id" (fetches).  Kratos reads
+ * them as Go does: keys percent-decoded, exact case, the first value.  So
+ * every "flow" and "id" the query holds, decoded the same way, must name
+ * one and the same well-formed id, or the request names no flow at all:
+ * otherwise Gate could check one flow while Kratos serves another.
  */
 
 static ngx_int_t
 ngx_http_gate_flow_id(ngx_http_request_t *r, ngx_str_t *id)
 {
-    if (ngx_http_arg(r, (u_char *) "flow", 4, id) != NGX_OK
-        && ngx_http_arg(r, (u_char *) "id", 2, id) != NGX_OK)
-    {
+    u_char     *p, *last, *end, *eq, *dst, *src, buf[128];
+    size_t      klen;
+    ngx_str_t   value;
+
+    ngx_str_null(id);
+
+    p = r->args.data;
+    last = p + r->args.len;
+
+    if (ngx_strlchr(p, last, ';') != NULL) {
+        /* Go refuses such queries; Gate will not guess what is meant */
         return NGX_DECLINED;
     }
 
-    return ngx_http_gate_kratos_is_uuid(id->data, id->len) ? NGX_OK
-                                                          : NGX_DECLINED;
+    while (p < last) {
+        end = ngx_strlchr(p, last, '&');
+        end = end ? end : last;
+
+        eq = ngx_strlchr(p, end, '=');
+        klen = (eq ? eq : end) - p;
+
+        if (klen < sizeof(buf)) {
+            src = p;
+            dst = buf;
+            ngx_unescape_uri(&dst, &src, klen, NGX_UNESCAPE_URI);
+            klen = dst - buf;
+
+            if ((klen == 4 && ngx_strncmp(buf, "flow", 4) == 0)
+                || (klen == 2 && ngx_strncmp(buf, "id", 2) == 0))
+            {
+                if (eq == NULL || end - eq - 1 > 128) {
+                    return NGX_DECLINED;
+                }
+
+                value.data = ngx_pnalloc(r->pool, end - eq - 1);
+                if (value.data == NULL) {
+                    return NGX_ERROR;
+                }
+
+                src = eq + 1;
+                dst = value.data;
+                ngx_unescape_uri(&dst, &src, end - eq - 1, NGX_UNESCAPE_URI);
+                value.len = dst - value.data;
+
+                if (!ngx_http_gate_kratos_is_uuid(value.data, value.len)
+                    || (id->len && (id->len != value.len
+                                    || ngx_strncmp(id->data, value.data,
+                                                   value.len) != 0)))
+                {
+                    return NGX_DECLINED;
+                }
+
+                *id = value;
+            }
+        }
+
+        p = end + 1;
+    }
+
+    return id->len ? NGX_OK : NGX_DECLINED;
 }
 
 

@@ -154,12 +154,17 @@ static ngx_http_gate_pg_statement_t  ngx_http_gate_pg_statements[] = {
       " AND t.revoked_at IS NULL AND t.expires_at > now()"
       " AND n.disabled_at IS NULL" },
 
+    /* already revoked ones too: a retry writes their tombstones again */
     { "gate_token_revoke",
-      "UPDATE access_tokens SET revoked_at = now()"
+      "WITH t AS (SELECT token_hash, expires_at FROM access_tokens"
       " WHERE token_hash = $1 AND tenant_id = $2::uuid"
-      " AND revoked_at IS NULL"
-      " RETURNING token_hash,"
-      " greatest(extract(epoch FROM expires_at - now())::bigint, 60)" },
+      " AND expires_at > now()),"
+      " u AS (UPDATE access_tokens SET revoked_at = now()"
+      " WHERE token_hash = $1 AND tenant_id = $2::uuid"
+      " AND revoked_at IS NULL)"
+      " SELECT token_hash,"
+      " greatest(extract(epoch FROM expires_at - now())::bigint, 60)"
+      " FROM t" },
 
     { "gate_token_list",
       "SELECT id, scopes, extract(epoch FROM created_at)::bigint,"
@@ -169,10 +174,15 @@ static ngx_http_gate_pg_statement_t  ngx_http_gate_pg_statements[] = {
       " ORDER BY created_at, id" },
 
     { "gate_token_revoke_subject",
-      "UPDATE access_tokens SET revoked_at = now()"
-      " WHERE tenant_id = $1::uuid AND subject = $2 AND revoked_at IS NULL"
-      " RETURNING token_hash,"
-      " greatest(extract(epoch FROM expires_at - now())::bigint, 60)" },
+      "WITH t AS (SELECT token_hash, expires_at FROM access_tokens"
+      " WHERE tenant_id = $1::uuid AND subject = $2"
+      " AND expires_at > now()),"
+      " u AS (UPDATE access_tokens SET revoked_at = now()"
+      " WHERE tenant_id = $1::uuid AND subject = $2"
+      " AND revoked_at IS NULL)"
+      " SELECT token_hash,"
+      " greatest(extract(epoch FROM expires_at - now())::bigint, 60)"
+      " FROM t" },
 
     { "gate_tenant_settings",
       "SELECT t.slug, coalesce(s.settings, '{}'::jsonb)::text"

@@ -41,7 +41,19 @@
 #define NGX_HTTP_GATE_TOKENS_REVOKE_ALL  4
 
 
+typedef struct ngx_http_gate_tokens_s  ngx_http_gate_tokens_t;
+
+
+/* One revoked token's tombstone being written. */
+
 typedef struct {
+    ngx_http_gate_redis_cmd_t  *cmd;
+    ngx_http_request_t         *request;
+    ngx_http_gate_tokens_t     *tokens;
+} ngx_http_gate_tokens_grave_t;
+
+
+struct ngx_http_gate_tokens_s {
     ngx_uint_t                  op;
     ngx_str_t                   tenant;
     ngx_str_t                   subject;
@@ -53,9 +65,14 @@ typedef struct {
     ngx_str_t                   client_id;
     ngx_str_t                   form;
     ngx_http_gate_pg_query_t   *query;
+    ngx_array_t                *hashes;        /* revoked, hex */
+    ngx_http_gate_tokens_grave_t  *graves;     /* tombstone commands */
+    ngx_uint_t                  ngraves;
+    ngx_uint_t                  pending;       /* tombstones unanswered */
+    unsigned                    failed:1;
     unsigned                    by_session:1;
     unsigned                    rfc:1;         /* RFC 6749 error shape */
-} ngx_http_gate_tokens_t;
+};
 
 
 static ngx_http_gate_tokens_t *ngx_http_gate_tokens_create(
@@ -79,6 +96,10 @@ static void ngx_http_gate_tokens_act(ngx_http_request_t *r,
     ngx_http_gate_tokens_t *tk);
 static void ngx_http_gate_tokens_inspected(void *data, PGresult *res);
 static void ngx_http_gate_tokens_revoked(void *data, PGresult *res);
+static void ngx_http_gate_tokens_buried(void *data, redisReply *reply);
+static void ngx_http_gate_tokens_bury_step(ngx_http_request_t *r,
+    ngx_http_gate_tokens_t *tk);
+static void ngx_http_gate_tokens_graves_cleanup(void *data);
 static void ngx_http_gate_tokens_listed(void *data, PGresult *res);
 static void ngx_http_gate_tokens_owner(void *data, PGresult *res);
 static ngx_http_gate_tokens_t *ngx_http_gate_tokens_answered(
@@ -422,12 +443,10 @@ ngx_http_gate_tokens_settings(void *data, PGresult *res)
 
     json_decref(settings);
 
-    if (tk->by_session) {
-        ngx_http_gate_tokens_insert(r, tk);
-        goto done;
-    }
-
-    /* a subject of the key's tenant, by Gate's identity index */
+    /*
+     * A subject of the tenant, by Gate's identity index: for a session
+     * too, whose cached copy may outlive an identity deleted meanwhile.
+     */
 
     if (ngx_http_gate_tokens_pg(r, NGX_HTTP_GATE_SQL_IDN_TENANT, 1,
                                 &tk->subject, ngx_http_gate_tokens_subject)
@@ -1050,31 +1069,42 @@ done:
 }
 
 
-/* Tombstones and invalidations for each revoked hash, then the answer. */
+/*
+ * Each revoked hash gets a tombstone in Redis before anyone is told it is
+ * revoked: a record left behind would be trusted by every node until the
+ * token's end.  If Redis cannot take them the answer is 503; PostgreSQL
+ * still says revoked, and a retry writes the tombstones (the statements
+ * return already revoked tokens too).
+ */
 
 static void
 ngx_http_gate_tokens_revoked(void *data, PGresult *res)
 {
-    u_char                  *key;
-    size_t                   argvlen[5];
-    ngx_int_t                i;
-    const char              *argv[5];
-    ngx_connection_t        *c;
-    ngx_http_request_t      *r = data;
-    ngx_http_gate_ctx_t     *ctx;
-    ngx_http_gate_tokens_t  *tk;
-    ngx_http_gate_main_conf_t  *gmcf;
+    u_char                        *key;
+    size_t                         argvlen[5];
+    ngx_int_t                      i;
+    const char                    *argv[5];
+    ngx_connection_t              *c;
+    ngx_pool_cleanup_t            *cln;
+    ngx_http_request_t            *r = data;
+    ngx_http_gate_tokens_t        *tk;
+    ngx_http_gate_tokens_grave_t  *grave;
 
     c = r->connection;
     tk = ngx_http_gate_tokens_answered(r);
-    ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
-    gmcf = ngx_http_get_module_main_conf(r, ngx_http_gate_module);
 
     if (res == NULL) {
         ngx_http_gate_tokens_error(r, tk, NGX_HTTP_SERVICE_UNAVAILABLE,
                                    tk->rfc ? "temporarily_unavailable"
                                            : "unavailable",
                                    "The token store is unavailable.");
+        goto done;
+    }
+
+    tk->hashes = ngx_array_create(r->pool, PQntuples(res) + 1,
+                                  NGX_HTTP_GATE_SHA256_HEX_LEN);
+    if (tk->hashes == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         goto done;
     }
 
@@ -1085,9 +1115,25 @@ ngx_http_gate_tokens_revoked(void *data, PGresult *res)
         goto done;
     }
 
+    tk->graves = ngx_pcalloc(r->pool, (PQntuples(res) + 1)
+                                      * sizeof(ngx_http_gate_tokens_grave_t));
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (tk->graves == NULL || cln == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        goto done;
+    }
+
+    cln->handler = ngx_http_gate_tokens_graves_cleanup;
+    cln->data = tk;
+
+    tk->pending = 1;    /* held until every command is queued */
+
     for (i = 0; i < PQntuples(res); i++) {
         ngx_memcpy(ngx_cpymem(key, "gate:tok:", sizeof("gate:tok:") - 1),
                    PQgetvalue(res, i, 0), NGX_HTTP_GATE_SHA256_HEX_LEN);
+
+        ngx_memcpy(ngx_array_push(tk->hashes), PQgetvalue(res, i, 0),
+                   NGX_HTTP_GATE_SHA256_HEX_LEN);
 
         argv[0] = "EVAL";
         argvlen[0] = 4;
@@ -1100,26 +1146,103 @@ ngx_http_gate_tokens_revoked(void *data, PGresult *res)
         argv[4] = PQgetvalue(res, i, 1);
         argvlen[4] = PQgetlength(res, i, 1);
 
-        (void) ngx_http_gate_redis_send(c->log, NULL, NULL, 5, argv,
-                                        argvlen);
+        grave = &tk->graves[tk->ngraves];
+        grave->request = r;
+        grave->tokens = tk;
+        grave->cmd = ngx_http_gate_redis_send(c->log,
+                                              ngx_http_gate_tokens_buried,
+                                              grave, 5, argv, argvlen);
+        if (grave->cmd == NULL) {
+            tk->failed = 1;
+            break;
+        }
 
+        tk->ngraves++;
+        tk->pending++;
+    }
+
+    ngx_http_gate_tokens_bury_step(r, tk);
+
+done:
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * One tombstone's reply (or, with reply NULL from the revoking code, the
+ * end of queueing).  The last one publishes and answers.
+ */
+
+static void
+ngx_http_gate_tokens_buried(void *data, redisReply *reply)
+{
+    ngx_connection_t              *c;
+    ngx_http_request_t            *r;
+    ngx_http_gate_tokens_grave_t  *grave = data;
+
+    grave->cmd = NULL;
+    r = grave->request;
+    c = r->connection;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        grave->tokens->failed = 1;
+    }
+
+    ngx_http_gate_tokens_bury_step(r, grave->tokens);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* The last tombstone answered: tell every node, then the client. */
+
+static void
+ngx_http_gate_tokens_bury_step(ngx_http_request_t *r,
+    ngx_http_gate_tokens_t *tk)
+{
+    u_char                     *hex, hash[32];
+    size_t                      argvlen[3];
+    ngx_uint_t                  i;
+    const char                 *argv[3];
+    ngx_http_gate_main_conf_t  *gmcf;
+
+    if (--tk->pending) {
+        return;
+    }
+
+    if (tk->failed) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "gate: revoked in postgres, but redis did not take "
+                      "the tombstones");
+        ngx_http_gate_tokens_error(r, tk, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   tk->rfc ? "temporarily_unavailable"
+                                           : "unavailable",
+                                   "The revocation could not reach every "
+                                   "node; try again.");
+        return;
+    }
+
+    gmcf = ngx_http_get_module_main_conf(r, ngx_http_gate_module);
+    hex = tk->hashes->elts;
+
+    for (i = 0; i < tk->hashes->nelts; i++) {
         argv[0] = "PUBLISH";
         argvlen[0] = 7;
         argv[1] = NGX_HTTP_GATE_INVALIDATE_CHANNEL;
         argvlen[1] = sizeof(NGX_HTTP_GATE_INVALIDATE_CHANNEL) - 1;
-        argv[2] = PQgetvalue(res, i, 0);
+        argv[2] = (char *) hex + i * NGX_HTTP_GATE_SHA256_HEX_LEN;
         argvlen[2] = NGX_HTTP_GATE_SHA256_HEX_LEN;
 
-        (void) ngx_http_gate_redis_send(c->log, NULL, NULL, 3, argv,
-                                        argvlen);
+        (void) ngx_http_gate_redis_send(r->connection->log, NULL, NULL, 3,
+                                        argv, argvlen);
 
         /* this node's own cache goes now, not when the message is back */
 
-        if (ngx_http_gate_credential_unhex((u_char *) PQgetvalue(res, i, 0),
-                                           ctx->hash)
+        if (ngx_http_gate_credential_unhex(
+                hex + i * NGX_HTTP_GATE_SHA256_HEX_LEN, hash)
             == NGX_OK)
         {
-            ngx_http_gate_cache_remove(gmcf->cache, ctx->hash);
+            ngx_http_gate_cache_remove(gmcf->cache, hash);
         }
     }
 
@@ -1128,14 +1251,30 @@ ngx_http_gate_tokens_revoked(void *data, PGresult *res)
         r->headers_out.content_length_n = 0;
         r->header_only = 1;
         ngx_http_finalize_request(r, ngx_http_send_header(r));
-
-    } else {
-        ngx_http_gate_tokens_send(r, NGX_HTTP_OK, NULL);
+        return;
     }
 
-done:
+    ngx_http_gate_tokens_send(r, NGX_HTTP_OK, NULL);
+}
 
-    ngx_http_run_posted_requests(c);
+
+/* A request that goes while tombstones are pending hears of none of them. */
+
+static void
+ngx_http_gate_tokens_graves_cleanup(void *data)
+{
+    ngx_uint_t                     i;
+    ngx_http_gate_tokens_t        *tk = data;
+    ngx_http_gate_tokens_grave_t  *grave;
+
+    grave = tk->graves;
+
+    for (i = 0; i < tk->ngraves; i++) {
+        if (grave[i].cmd) {
+            ngx_http_gate_redis_cancel(grave[i].cmd);
+            grave[i].cmd = NULL;
+        }
+    }
 }
 
 
