@@ -296,7 +296,7 @@ invalid:
 static ngx_int_t
 ngx_http_gate_pg_check_host(ngx_conf_t *cf, ngx_http_gate_pg_t *conf)
 {
-    u_char            *p;
+    u_char            *p, *comma;
     size_t             len;
     ngx_uint_t         ok;
     PQconninfoOption  *opts, *o;
@@ -318,33 +318,50 @@ ngx_http_gate_pg_check_host(ngx_conf_t *cf, ngx_http_gate_pg_t *conf)
         }
     }
 
-    for (o = opts; o->keyword; o++) {
+    for (o = opts; ok && o->keyword; o++) {
+
+        if (ngx_strcmp(o->keyword, "service") == 0 && o->val && o->val[0]) {
+            /* a service file may name a host that needs resolving */
+            ok = 0;
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "PostgreSQL \"service=\" is not supported: "
+                               "give host= and port= instead");
+            break;
+        }
+
         if (ngx_strcmp(o->keyword, "host") != 0 || o->val == NULL) {
             continue;
         }
 
+        /* every host of a list, "host=/run/postgresql,10.0.0.5" */
+
         p = (u_char *) o->val;
-        len = ngx_strlen(p);
 
-        if (len == 0 || p[0] == '/' || p[0] == '@') {
-            break;
-        }
+        for ( ;; ) {
+            comma = (u_char *) ngx_strchr(p, ',');
+            len = comma ? (size_t) (comma - p) : ngx_strlen(p);
 
-        if (ngx_inet_addr(p, len) != INADDR_NONE) {
-            break;
-        }
-
+            if (!(len == 0 || p[0] == '/' || p[0] == '@'
+                  || ngx_inet_addr(p, len) != INADDR_NONE
 #if (NGX_HAVE_INET6)
-        if (ngx_inet6_addr(p, len, buf) == NGX_OK) {
-            break;
-        }
+                  || ngx_inet6_addr(p, len, buf) == NGX_OK
 #endif
+                  ))
+            {
+                ok = 0;
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "PostgreSQL host \"%*s\" must be a socket "
+                                   "directory or a numeric address (or give "
+                                   "hostaddr=)", len, p);
+                break;
+            }
 
-        ok = 0;
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "PostgreSQL host \"%s\" must be a socket directory "
-                           "or a numeric address (or give hostaddr=)", p);
-        break;
+            if (comma == NULL) {
+                break;
+            }
+
+            p = comma + 1;
+        }
     }
 
     PQconninfoFree(opts);

@@ -29,6 +29,8 @@
 #define NGX_HTTP_GATE_SESSION_MAX      4096
 
 
+static ngx_int_t ngx_http_gate_session_cookie_value(ngx_http_request_t *r,
+    ngx_str_t *value);
 static ngx_int_t ngx_http_gate_session_drop_others(ngx_http_request_t *r,
     ngx_uint_t cookie);
 static ngx_int_t ngx_http_gate_session_uncookie(ngx_http_request_t *r,
@@ -80,11 +82,9 @@ ngx_http_gate_session_credential(ngx_http_request_t *r,
         return ngx_http_gate_session_drop_others(r, 1);
     }
 
-    if (ngx_http_parse_multi_header_lines(&r->headers_in.cookies,
-                                          &ngx_http_gate_session_cookie,
-                                          credential)
-        != NGX_DECLINED)
-    {
+    switch (ngx_http_gate_session_cookie_value(r, credential)) {
+
+    case NGX_OK:
         if (credential->len == 0
             || credential->len > NGX_HTTP_GATE_SESSION_MAX)
         {
@@ -92,6 +92,12 @@ ngx_http_gate_session_credential(ngx_http_request_t *r,
         }
 
         return ngx_http_gate_session_drop_others(r, 0);
+
+    case NGX_ERROR:
+        return NGX_ERROR;
+
+    default:
+        break;
     }
 
     if (r->headers_in.authorization) {
@@ -112,6 +118,85 @@ ngx_http_gate_session_credential(ngx_http_request_t *r,
     }
 
     return NGX_DECLINED;
+}
+
+
+/*
+ * The session cookie as Go's net/http finds it: pairs split on ";" only,
+ * the name in exact case.  Two of them are refused: Gate would check one
+ * and Kratos might serve the other.
+ */
+
+static ngx_int_t
+ngx_http_gate_session_cookie_value(ngx_http_request_t *r, ngx_str_t *value)
+{
+    u_char           *p, *last, *start, *eq;
+    size_t            len;
+    ngx_uint_t        i, found;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    found = 0;
+    len = ngx_http_gate_session_cookie.len;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len != sizeof("Cookie") - 1
+            || ngx_strncasecmp(h[i].key.data, (u_char *) "Cookie", 6) != 0)
+        {
+            continue;
+        }
+
+        p = h[i].value.data;
+        last = p + h[i].value.len;
+
+        while (p < last) {
+            while (p < last && (*p == ' ' || *p == ';')) {
+                p++;
+            }
+
+            start = p;
+
+            while (p < last && *p != ';') {
+                p++;
+            }
+
+            eq = ngx_strlchr(start, p, '=');
+
+            if (eq == NULL || (size_t) (eq - start) != len
+                || ngx_strncmp(start, ngx_http_gate_session_cookie.data, len)
+                   != 0)
+            {
+                continue;
+            }
+
+            if (found++) {
+                return NGX_ERROR;
+            }
+
+            value->data = eq + 1;
+            value->len = p - eq - 1;
+
+            while (value->len && value->data[value->len - 1] == ' ') {
+                value->len--;
+            }
+        }
+    }
+
+    return found ? NGX_OK : NGX_DECLINED;
 }
 
 

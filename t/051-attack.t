@@ -111,6 +111,31 @@ subtest 'forged headers change nothing' => sub {
     is $r->{status}, 404, 'two tenant headers: the first counts, A\'s flow stays A\'s';
 };
 
+subtest 'smuggling another flow id past the check' => sub {
+    my $b_flow = req('globex', GET => '/self-service/registration/api')->{json}{id};
+    my $a_reg = $a_flow{registration};
+    for my $query ("flow=$b_flow&id=$a_reg", "id=$b_flow&id=$a_reg", "FLOW=$b_flow&flow=$a_reg",
+                   "flow=$b_flow&%66low=$a_reg", "fl%6Fw=$a_reg&flow=$b_flow", "flow=$b_flow;flow=$a_reg",
+                   "id=$b_flow&flow=$a_reg") {
+        my $r = req('globex', GET => "/self-service/registration/flows?$query");
+        is $r->{status}, 404, "fetch ?$query through B: 404";
+        unlike $r->{body}, qr/\Q$a_reg\E/, '... A\'s flow never answers';
+        $r = req('globex', POST => "/self-service/registration?$query",
+                 { method => 'password', traits => { email => "smuggled-$run\@x.test" }, password => "Twelve tall trees $run" });
+        isnt $r->{status}, 200, "submit ?$query through B: refused";
+    }
+};
+
+subtest 'a session cookie Kratos would read differently' => sub {
+    my $r = req('globex', GET => '/sessions/whoami',
+                Cookie => "ory_kratos_session=$b_token; ory_kratos_session=$a_token");
+    is $r->{status}, 401, 'two session cookies: refused';
+    $r = req('globex', GET => '/sessions/whoami', Cookie => "ORY_KRATOS_SESSION=$b_token; ory_kratos_session=$a_token");
+    is $r->{status}, 401, 'B\'s cookie in other case plus A\'s: the exact-case one (A\'s) is checked, refused';
+    $r = req('acme', GET => '/sessions/whoami', Cookie => "ORY_KRATOS_SESSION=$b_token; ory_kratos_session=$a_token");
+    unlike $r->{body}, qr/\Q$b_id\E/, 'through A: never B\'s identity';
+};
+
 subtest 'routes that are never exposed' => sub {
     for my $path ('/admin/identities', "/admin/identities/$a_id", '/identities', "/identities/$a_id",
                   '/admin/sessions', '/sessions', '/self-service/errors?id=x', '/schemas',

@@ -275,6 +275,35 @@ subtest 'session exchange' => sub {
     is $r->{status}, 401, 'the same session through B: 401';
 };
 
+subtest 'a session whose identity was deleted mints nothing' => sub {
+    my $mail = "dora-$run\@acme.test";
+    my $flow = $t->request(GET => '/self-service/registration/api', headers => [ 'X-Gate-Tenant' => 'acme' ]);
+    my $reg = $t->request(POST => "/self-service/registration?flow=$flow->{json}{id}",
+                          headers => [ 'X-Gate-Tenant' => 'acme' ],
+                          json => { method => 'password', traits => { email => $mail }, password => "Ten sleepy cats $run" });
+    my ($session, $id) = ($reg->{json}{session_token}, $reg->{json}{identity}{id});
+    my @as = (headers => [ 'X-Gate-Tenant' => 'acme', 'X-Session-Token' => $session ]);
+    is $t->request(GET => '/sessions/whoami', @as)->{status}, 200, 'the session works (and is cached)';
+    is api('acme', DELETE => "/v1/gate/identities/$id")->{status}, 204, 'the identity is deleted';
+    my $r = $t->request(POST => '/v1/gate/tokens', @as);
+    isnt $r->{status}, 201, 'its cached session cannot mint a token';
+};
+
+subtest 'a revocation Redis cannot take is a 503, and a retry completes it' => sub {
+    my $tok = mint('acme', subject => $ada)->{json}{access_token};
+    is use_token($tok), 200, 'works';
+    $t->stop_redis('r1');
+    my $r = form('/v1/gate/tokens/revoke', "token=$tok", Authorization => "Bearer $key{acme}");
+    is $r->{status}, 503, 'revoke with Redis down: 503';
+    is $r->{json}{error}, 'temporarily_unavailable', 'temporarily_unavailable';
+    $t->start_redis(name => 'r1');
+    ok $t->wait_for(sub {
+        form('/v1/gate/tokens/revoke', "token=$tok", Authorization => "Bearer $key{acme}")->{status} == 200
+    }, timeout => 5), 'the retry succeeds once Redis is back';
+    ok $t->wait_for(sub { use_token($tok) == 401 && use_token($tok, 'n2') == 401 }, timeout => 2),
+        'and the token is refused everywhere';
+};
+
 subtest 'deleting an identity or disabling its tenant ends its tokens' => sub {
     my $carl = identity('acme', "carl-$run\@acme.test");
     my $tok = mint('acme', subject => $carl)->{json}{access_token};

@@ -156,10 +156,22 @@ sub tombstone {
     $r->command('EVAL', $TOMBSTONE, 1, $key, $ttl);
 }
 
-# nginx caches tenant lookups by slug and by id (gate:tnt:{sha256})
+# nginx caches tenant lookups by slug and by id (gate:tnt:{sha256}).  A
+# disabled tenant's records are written, not deleted: nginx writes back only
+# where nothing is, so a lookup racing the disable cannot bring back an
+# "active" copy.  Enabling deletes them (a race then errs on "disabled").
 sub forget_tenant {
-    my ($r, $t) = @_;
-    $r->command('DEL', map { 'gate:tnt:' . sha256_hex($_) } $t->{slug}, $t->{id});
+    my ($r, $t, $disabled) = @_;
+    for my $name ($t->{slug}, $t->{id}) {
+        my $key = 'gate:tnt:' . sha256_hex($name);
+        if ($disabled) {
+            $r->command('HSET', $key, tenant => $t->{id}, sub => 'disabled', scope => $t->{slug},
+                        exp => time + 300, id => $t->{id});
+            $r->command('EXPIRE', $key, 300);
+        } else {
+            $r->command('DEL', $key);
+        }
+    }
 }
 
 sub valid_slug { return $_[0] =~ /\A[a-z0-9][a-z0-9-]{1,62}\z/ }
@@ -251,7 +263,7 @@ SQL
 
     my $r = redis();
     tombstone($r, "gate:$_->[0]:$_->[1]", $_->[2]) for @rows;
-    forget_tenant($r, $t);
+    forget_tenant($r, $t, 1);
     $r->command('PUBLISH', 'gate:invalidate', "tenant:$t->{id}");
 
     print "tenant $slug disabled\n";
@@ -271,7 +283,7 @@ SQL
     # the keys' tombstones from the disable go; their truth is PostgreSQL
     my $r = redis();
     $r->command('DEL', map { "gate:key:$_->[0]" } @keys) if @keys;
-    forget_tenant($r, $t);
+    forget_tenant($r, $t, 0);
     $r->command('PUBLISH', 'gate:invalidate', "tenant:$t->{id}");
 
     print "tenant $slug enabled\n";
