@@ -396,6 +396,9 @@ ngx_http_gate_redis_connect(ngx_http_gate_redis_link_t *link)
     link->ac = ac;
     ac->data = link;
 
+    /* a half-open subscription would otherwise go unnoticed for hours */
+    (void) redisEnableKeepAlive(&ac->c);
+
     if (ngx_http_gate_redis_attach(link) != NGX_OK) {
         ngx_http_gate_redis_drop(link, "cannot attach to the event loop");
         return;
