@@ -396,8 +396,15 @@ ngx_http_gate_redis_connect(ngx_http_gate_redis_link_t *link)
     link->ac = ac;
     ac->data = link;
 
-    /* a half-open subscription would otherwise go unnoticed for hours */
-    (void) redisEnableKeepAlive(&ac->c);
+    /*
+     * A half-open subscription would otherwise go unnoticed for hours.
+     * TCP only: on a unix socket the TCP options fail and hiredis would
+     * keep that error on the context.
+     */
+
+    if (conf->unix_path.len == 0) {
+        (void) redisEnableKeepAlive(&ac->c);
+    }
 
     if (ngx_http_gate_redis_attach(link) != NGX_OK) {
         ngx_http_gate_redis_drop(link, "cannot attach to the event loop");
