@@ -57,6 +57,7 @@ static ngx_int_t ngx_http_gate_access_allow(ngx_http_request_t *r,
 static ngx_int_t ngx_http_gate_access_bearer_challenge(ngx_http_request_t *r,
     ngx_http_gate_loc_conf_t *glcf, const char *error);
 static ngx_uint_t ngx_http_gate_access_has_key(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_gate_access_has_credential(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_gate_access_same(ngx_str_t *a, ngx_str_t *b);
 
 
@@ -242,6 +243,26 @@ ngx_http_gate_access_tenant(ngx_http_request_t *r,
             && ngx_http_gate_access_has_key(r))
         {
             return NGX_OK;
+        }
+
+        /*
+         * No credential at all is a missing credential, not a missing
+         * tenant: the caller most likely meant to send a secret key.
+         */
+
+        if (ctx->tenant_asked.len == 0 && glcf->auth_session
+            && !ngx_http_gate_access_has_credential(r))
+        {
+            if (ngx_http_gate_access_bearer_challenge(r, glcf, NULL)
+                != NGX_OK)
+            {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_UNAUTHORIZED,
+                       "invalid_key", "missing_credential",
+                       "A secret key (Authorization: Bearer gate_live_sk_...)"
+                       " or a session is required.");
         }
 
         if (ctx->tenant_asked.len == 0) {
@@ -738,6 +759,19 @@ ngx_http_gate_access_has_key(ngx_http_request_t *r)
     return h && h->value.len >= sizeof("Bearer gate_live_sk_") - 1
            && ngx_strncasecmp(h->value.data, (u_char *) "Bearer ", 7) == 0
            && ngx_strncmp(h->value.data + 7, "gate_live_sk_", 13) == 0;
+}
+
+
+/* Anything that could carry a key or a session: Authorization, cookies. */
+
+static ngx_uint_t
+ngx_http_gate_access_has_credential(ngx_http_request_t *r)
+{
+    ngx_str_t  name = ngx_string("x-session-token");
+
+    return r->headers_in.authorization != NULL
+           || r->headers_in.cookies.nelts != 0
+           || ngx_http_gate_headers_find(r, &name) != NULL;
 }
 
 

@@ -103,7 +103,7 @@ my ($token, $token_id);
 
 subtest 'mint with a secret key' => sub {
     my $r = mint('acme', subject => $ada, scope => 'read write', expires_in => 600);
-    is $r->{status}, 201, '201' or diag $r->{body};
+    is $r->{status}, 201, 'answered 201 Created' or diag $r->{body};
     $token = $r->{json}{access_token};
     $token_id = $r->{json}{token_id};
     like $token, qr/^gat_live_[0-9a-f]{64}$/, 'a gat_live_ token';
@@ -151,14 +151,20 @@ subtest 'mint: what is refused' => sub {
     $r = api('acme', POST => '/v1/gate/tokens', body => 'subject=x', headers => [ 'Content-Type' => 'text/plain' ]);
     is $r->{status}, 415, 'wrong content type: 415';
     $r = $t->request(POST => '/v1/gate/tokens', json => { subject => $ada });
-    is $r->{status}, 400, 'no credential and no tenant: 400';
+    is $r->{status}, 401, 'no credential and no tenant: 401';
+    is $r->{json}{error}{code}, 'invalid_key', '... invalid_key';
+    is $r->{headers}{'www-authenticate'}, 'Bearer', '... with a Bearer challenge';
+    $r = $t->request(POST => '/v1/gate/tokens', json => { subject => $ada },
+                     headers => [ 'X-Session-Token' => 'ory_st_abc' ]);
+    is $r->{status}, 400, 'a session but no tenant: 400';
+    is $r->{json}{error}{code}, 'tenant_required', '... tenant_required';
     $r = $t->request(POST => '/v1/gate/tokens', json => { subject => $ada }, headers => [ 'X-Gate-Tenant' => 'acme' ]);
     is $r->{status}, 401, 'no credential: 401';
 };
 
 subtest 'introspection (RFC 7662)' => sub {
     my $r = introspect('acme', $token);
-    is $r->{status}, 200, '200';
+    is $r->{status}, 200, 'answered 200';
     my $j = $r->{json};
     is_deeply [ sort keys %$j ], [ sort qw(active scope sub exp iat token_type tenant_id jti) ], 'the fields';
     ok $j->{active} && $j->{active} eq '1', 'active: true';
