@@ -41,6 +41,12 @@ sub session_for {
     return ($r->{json}{session_token}, $r->{json}{identity}{id});
 }
 
+# A fresh worker (far slower under valgrind) answers 503 until its
+# PostgreSQL and Redis connections are up: wait for them before the walk.
+ok $t->wait_for(sub { req('acme', GET => '/self-service/registration/api')->{status} == 200 },
+                timeout => 30),
+    'the front creates flows once its connections are up';
+
 my ($a_token, $a_id) = session_for('acme', "alice-$run\@acme.test");
 my ($b_token, $b_id) = session_for('globex', "bob-$run\@globex.test");
 ok $a_token && $b_token, 'a user in each tenant, each with a session';
