@@ -63,8 +63,6 @@ static ngx_int_t ngx_http_gate_api_refuse(ngx_http_gate_api_t *api,
 static ngx_int_t ngx_http_gate_api_list_args(ngx_http_request_t *r,
     ngx_http_gate_api_t *api, ngx_str_t *identifier);
 static void ngx_http_gate_api_body_ready(ngx_http_request_t *r);
-static ngx_int_t ngx_http_gate_api_read_body(ngx_http_request_t *r,
-    ngx_str_t *text);
 static ngx_int_t ngx_http_gate_api_check_body(ngx_http_request_t *r,
     ngx_http_gate_api_t *api);
 static ngx_int_t ngx_http_gate_api_check_patch(ngx_http_request_t *r,
@@ -96,7 +94,6 @@ static void ngx_http_gate_api_json_cleanup(void *data);
 static ngx_int_t ngx_http_gate_api_pg(ngx_http_request_t *r,
     ngx_uint_t statement, ngx_uint_t n, ngx_str_t *params,
     ngx_http_gate_pg_handler_pt handler);
-static void ngx_http_gate_api_pg_cleanup(void *data);
 static void ngx_http_gate_api_index_redis(ngx_http_gate_api_t *api,
     ngx_uint_t set);
 static void ngx_http_gate_api_respond(ngx_http_request_t *r,
@@ -361,18 +358,17 @@ ngx_http_gate_api_body_ready(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
     api = ctx->api;
 
-    if (r->request_body == NULL
-        || ngx_http_gate_api_read_body(r, &text) != NGX_OK)
-    {
-        ngx_http_gate_api_error(r, NGX_HTTP_BAD_REQUEST, "invalid_json",
-                                "The body must be a JSON document.");
-        return;
-    }
+    rc = ngx_http_gate_json_body(r, NGX_HTTP_GATE_API_BODY_MAX, &text);
 
-    if (text.len > NGX_HTTP_GATE_API_BODY_MAX) {
+    if (rc == NGX_DECLINED) {
         ngx_http_gate_api_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                 "body_too_large",
                                 "The body is larger than 64 KiB.");
+        return;
+    }
+
+    if (rc != NGX_OK) {
+        ngx_http_gate_api_finish(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
 
@@ -391,60 +387,6 @@ ngx_http_gate_api_body_ready(ngx_http_request_t *r)
     if (rc != NGX_OK) {
         ngx_http_gate_api_finish(r, rc);
     }
-}
-
-
-/* The body in one piece; a large one may have gone to a temporary file. */
-
-static ngx_int_t
-ngx_http_gate_api_read_body(ngx_http_request_t *r, ngx_str_t *text)
-{
-    u_char       *p;
-    off_t         len;
-    ngx_buf_t    *b;
-    ngx_chain_t  *cl;
-
-    len = 0;
-
-    /*
-     * A body nginx spilled to a file is not read back here: that would be
-     * a disk read in the worker.  client_body_buffer_size 64k keeps every
-     * acceptable body in memory.
-     */
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        b = cl->buf;
-
-        if (b->in_file) {
-            text->len = NGX_HTTP_GATE_API_BODY_MAX + 1;
-            return NGX_OK;
-        }
-
-        len += b->last - b->pos;
-    }
-
-    if (len > NGX_HTTP_GATE_API_BODY_MAX) {
-        text->len = (size_t) len;
-        return NGX_OK;
-    }
-
-    text->len = (size_t) len;
-    text->data = ngx_pnalloc(r->pool, text->len + 1);
-    if (text->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = text->data;
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        b = cl->buf;
-
-        p = ngx_cpymem(p, b->pos, b->last - b->pos);
-    }
-
-    text->len = p - text->data;
-
-    return NGX_OK;
 }
 
 
@@ -1258,40 +1200,14 @@ static ngx_int_t
 ngx_http_gate_api_pg(ngx_http_request_t *r, ngx_uint_t statement,
     ngx_uint_t n, ngx_str_t *params, ngx_http_gate_pg_handler_pt handler)
 {
-    ngx_pool_cleanup_t   *cln;
     ngx_http_gate_ctx_t  *ctx;
     ngx_http_gate_api_t  *api;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
     api = ctx->api;
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NGX_ERROR;
-    }
-
-    api->query = ngx_http_gate_pg_query(r->connection->log, statement, n,
-                                        params, handler, r);
-    if (api->query == NULL) {
-        return NGX_ERROR;
-    }
-
-    cln->handler = ngx_http_gate_api_pg_cleanup;
-    cln->data = api;
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_http_gate_api_pg_cleanup(void *data)
-{
-    ngx_http_gate_api_t  *api = data;
-
-    if (api->query) {
-        ngx_http_gate_pg_cancel(api->query);
-        api->query = NULL;
-    }
+    return ngx_http_gate_pg_request(r, &api->query, statement, n, params,
+                                    handler);
 }
 
 

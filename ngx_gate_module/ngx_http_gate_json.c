@@ -110,3 +110,55 @@ ngx_http_gate_json_send(ngx_http_request_t *r, ngx_uint_t status,
 
     return ngx_http_output_filter(r, &out);
 }
+
+
+/*
+ * A request body read into memory, in one piece (empty when there is
+ * none).  NGX_DECLINED: longer than max, or spilled to a file, which is
+ * not read back because that would be a disk read in the worker; the
+ * API locations' client_body_buffer_size keeps every acceptable body in
+ * memory.
+ */
+
+ngx_int_t
+ngx_http_gate_json_body(ngx_http_request_t *r, size_t max, ngx_str_t *text)
+{
+    u_char       *p;
+    size_t        len;
+    ngx_chain_t  *cl;
+
+    ngx_str_null(text);
+
+    if (r->request_body == NULL) {
+        return NGX_OK;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        if (cl->buf->in_file) {
+            return NGX_DECLINED;
+        }
+
+        len += cl->buf->last - cl->buf->pos;
+    }
+
+    if (len > max) {
+        return NGX_DECLINED;
+    }
+
+    text->data = ngx_pnalloc(r->pool, len + 1);
+    if (text->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = text->data;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
+    }
+
+    text->len = p - text->data;
+
+    return NGX_OK;
+}

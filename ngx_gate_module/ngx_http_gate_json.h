@@ -18,6 +18,8 @@ ngx_int_t ngx_http_gate_json_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *body);
 ngx_int_t ngx_http_gate_json_dump(ngx_pool_t *pool, json_t *value,
     ngx_str_t *out);
+ngx_int_t ngx_http_gate_json_body(ngx_http_request_t *r, size_t max,
+    ngx_str_t *text);
 
 
 #endif /* _NGX_HTTP_GATE_JSON_H_INCLUDED_ */

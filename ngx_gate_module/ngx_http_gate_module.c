@@ -13,6 +13,7 @@
 #include "ngx_http_gate_module.h"
 #include "ngx_http_gate_access.h"
 #include "ngx_http_gate_api.h"
+#include "ngx_http_gate_settings.h"
 #include "ngx_http_gate_flow.h"
 #include "ngx_http_gate_hook.h"
 #include "ngx_http_gate_session.h"
@@ -322,6 +323,13 @@ ngx_http_gate_merge_checks(ngx_conf_t *cf, ngx_http_gate_loc_conf_t *conf)
     {
         need = "\"gate_api identities\" requires \"gate_postgres\" and "
                "\"gate_kratos_admin\" at the http level";
+
+    } else if (conf->api == NGX_HTTP_GATE_API_SETTINGS
+               && (conf->auth != NGX_HTTP_GATE_AUTH_SECRET_KEY
+                   || conf->auth_session || gmcf->pg == NULL))
+    {
+        need = "\"gate_api settings\" requires \"gate_auth secret_key\" "
+               "and \"gate_postgres\" at the http level";
 
     } else if (conf->api == NGX_HTTP_GATE_API_LOGOUT
                && (gmcf->redis == NULL || gmcf->kratos_public.len == 0))
@@ -653,11 +661,16 @@ ngx_http_gate_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         glcf->api = NGX_HTTP_GATE_API_REVOKE;
         clcf->handler = ngx_http_gate_tokens_client_handler;
 
+    } else if (ngx_strcmp(value[1].data, "settings") == 0) {
+        glcf->api = NGX_HTTP_GATE_API_SETTINGS;
+        clcf->handler = ngx_http_gate_settings_handler;
+
     } else {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid value \"%V\" in \"%V\" directive, it "
                            "must be \"identities\", \"tokens\", "
-                           "\"introspect\", \"revoke\" or \"logout\"",
+                           "\"introspect\", \"revoke\", \"settings\" or "
+                           "\"logout\"",
                            &value[1], &cmd->name);
         return NGX_CONF_ERROR;
     }

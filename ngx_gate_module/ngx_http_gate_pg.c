@@ -85,6 +85,7 @@ static ngx_int_t ngx_http_gate_pg_run(ngx_http_gate_pg_conn_t *pc,
 static void ngx_http_gate_pg_wait_timeout(ngx_event_t *ev);
 static void ngx_http_gate_pg_finish_query(ngx_http_gate_pg_query_t *q,
     PGresult *res);
+static void ngx_http_gate_pg_request_cleanup(void *data);
 
 
 /*
@@ -187,7 +188,14 @@ static ngx_http_gate_pg_statement_t  ngx_http_gate_pg_statements[] = {
     { "gate_tenant_settings",
       "SELECT t.slug, coalesce(s.settings, '{}'::jsonb)::text"
       " FROM tenants t LEFT JOIN tenant_settings s ON s.tenant_id = t.id"
-      " WHERE t.id = $1::uuid" }
+      " WHERE t.id = $1::uuid" },
+
+    /* the whole policy at once: PUT replaces it */
+    { "gate_settings_put",
+      "INSERT INTO tenant_settings (tenant_id, settings)"
+      " VALUES ($1::uuid, $2::jsonb)"
+      " ON CONFLICT (tenant_id) DO UPDATE"
+      " SET settings = EXCLUDED.settings, updated_at = now()" }
 };
 
 
@@ -1130,5 +1138,42 @@ ngx_http_gate_pg_finish_query(ngx_http_gate_pg_query_t *q, PGresult *res)
 
     if (handler) {
         handler(data, res);
+    }
+}
+
+
+ngx_int_t
+ngx_http_gate_pg_request(ngx_http_request_t *r,
+    ngx_http_gate_pg_query_t **slot, ngx_uint_t statement, ngx_uint_t nparams,
+    ngx_str_t *params, ngx_http_gate_pg_handler_pt handler)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    *slot = ngx_http_gate_pg_query(r->connection->log, statement, nparams,
+                                   params, handler, r);
+    if (*slot == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_gate_pg_request_cleanup;
+    cln->data = slot;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_gate_pg_request_cleanup(void *data)
+{
+    ngx_http_gate_pg_query_t  **slot = data;
+
+    if (*slot) {
+        ngx_http_gate_pg_cancel(*slot);
+        *slot = NULL;
     }
 }

@@ -27,7 +27,8 @@
 #define NGX_HTTP_GATE_SQL_TOKEN_LIST     11
 #define NGX_HTTP_GATE_SQL_TOKEN_REVOKE_SUBJECT  12
 #define NGX_HTTP_GATE_SQL_TENANT_SETTINGS       13
-#define NGX_HTTP_GATE_SQL_N              14
+#define NGX_HTTP_GATE_SQL_SETTINGS_PUT   14
+#define NGX_HTTP_GATE_SQL_N              15
 
 
 /* The "gate_postgres" directive. */
@@ -63,6 +64,15 @@ ngx_http_gate_pg_query_t *ngx_http_gate_pg_query(ngx_log_t *log,
     ngx_http_gate_pg_handler_pt handler, void *data);
 
 void ngx_http_gate_pg_cancel(ngx_http_gate_pg_query_t *query);
+
+/*
+ * The same on behalf of a request: *slot holds the query while it is in
+ * flight (the handler clears it first), and the request pool's cleanup
+ * cancels a query the request no longer waits for.
+ */
+ngx_int_t ngx_http_gate_pg_request(ngx_http_request_t *r,
+    ngx_http_gate_pg_query_t **slot, ngx_uint_t statement, ngx_uint_t nparams,
+    ngx_str_t *params, ngx_http_gate_pg_handler_pt handler);
 
 
 #endif /* _NGX_HTTP_GATE_PG_H_INCLUDED_ */

@@ -27,11 +27,10 @@
 #include "ngx_http_gate_lookup.h"
 #include "ngx_http_gate_pg.h"
 #include "ngx_http_gate_redis.h"
+#include "ngx_http_gate_settings.h"
 
 
 #define NGX_HTTP_GATE_TOKEN_BODY_MAX     16384
-#define NGX_HTTP_GATE_TOKEN_TTL          3600
-#define NGX_HTTP_GATE_TOKEN_MAX_TTL      86400
 #define NGX_HTTP_GATE_TOKEN_SCOPES_MAX   32
 
 #define NGX_HTTP_GATE_TOKENS_MINT        0
@@ -107,11 +106,8 @@ static ngx_http_gate_tokens_t *ngx_http_gate_tokens_answered(
 static ngx_int_t ngx_http_gate_tokens_pg(ngx_http_request_t *r,
     ngx_uint_t statement, ngx_uint_t n, ngx_str_t *params,
     ngx_http_gate_pg_handler_pt handler);
-static void ngx_http_gate_tokens_pg_cleanup(void *data);
 static ngx_int_t ngx_http_gate_tokens_form(ngx_str_t *form, const char *name,
     ngx_pool_t *pool, ngx_str_t *value);
-static ngx_int_t ngx_http_gate_tokens_read(ngx_http_request_t *r,
-    ngx_str_t *text);
 static void ngx_http_gate_tokens_send(ngx_http_request_t *r,
     ngx_uint_t status, json_t *value);
 static void ngx_http_gate_tokens_error(ngx_http_request_t *r,
@@ -215,6 +211,7 @@ ngx_http_gate_tokens_handler(ngx_http_request_t *r)
 static void
 ngx_http_gate_tokens_mint_body(ngx_http_request_t *r)
 {
+    ngx_int_t                rc;
     ngx_str_t                text;
     ngx_http_gate_ctx_t     *ctx;
     ngx_http_gate_tokens_t  *tk;
@@ -222,9 +219,17 @@ ngx_http_gate_tokens_mint_body(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
     tk = ctx->api;
 
-    if (ngx_http_gate_tokens_read(r, &text) != NGX_OK) {
-        ngx_http_gate_tokens_error(r, tk, NGX_HTTP_BAD_REQUEST,
-                                   "invalid_json", "The body cannot be read.");
+    rc = ngx_http_gate_json_body(r, NGX_HTTP_GATE_TOKEN_BODY_MAX, &text);
+
+    if (rc == NGX_DECLINED) {
+        ngx_http_gate_tokens_error(r, tk, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                   "body_too_large",
+                                   "The body is larger than 16 KiB.");
+        return;
+    }
+
+    if (rc != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
 
@@ -784,8 +789,8 @@ ngx_http_gate_tokens_client_body(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
     tk = ctx->api;
 
-    if (ngx_http_gate_tokens_read(r, &tk->form) != NGX_OK
-        || tk->form.len > NGX_HTTP_GATE_TOKEN_BODY_MAX)
+    if (ngx_http_gate_json_body(r, NGX_HTTP_GATE_TOKEN_BODY_MAX, &tk->form)
+        != NGX_OK)
     {
         ngx_http_gate_tokens_error(r, tk, NGX_HTTP_BAD_REQUEST,
                                    "invalid_request", "Unreadable body.");
@@ -1441,40 +1446,14 @@ static ngx_int_t
 ngx_http_gate_tokens_pg(ngx_http_request_t *r, ngx_uint_t statement,
     ngx_uint_t n, ngx_str_t *params, ngx_http_gate_pg_handler_pt handler)
 {
-    ngx_pool_cleanup_t      *cln;
     ngx_http_gate_ctx_t     *ctx;
     ngx_http_gate_tokens_t  *tk;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
     tk = ctx->api;
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NGX_ERROR;
-    }
-
-    tk->query = ngx_http_gate_pg_query(r->connection->log, statement, n,
-                                       params, handler, r);
-    if (tk->query == NULL) {
-        return NGX_ERROR;
-    }
-
-    cln->handler = ngx_http_gate_tokens_pg_cleanup;
-    cln->data = tk;
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_http_gate_tokens_pg_cleanup(void *data)
-{
-    ngx_http_gate_tokens_t  *tk = data;
-
-    if (tk->query) {
-        ngx_http_gate_pg_cancel(tk->query);
-        tk->query = NULL;
-    }
+    return ngx_http_gate_pg_request(r, &tk->query, statement, n, params,
+                                    handler);
 }
 
 
@@ -1526,46 +1505,6 @@ ngx_http_gate_tokens_form(ngx_str_t *form, const char *name, ngx_pool_t *pool,
     }
 
     return NGX_DECLINED;
-}
-
-
-static ngx_int_t
-ngx_http_gate_tokens_read(ngx_http_request_t *r, ngx_str_t *text)
-{
-    u_char       *p;
-    size_t        len;
-    ngx_chain_t  *cl;
-
-    ngx_str_null(text);
-
-    if (r->request_body == NULL || r->request_body->bufs == NULL) {
-        return NGX_OK;
-    }
-
-    len = 0;
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        if (cl->buf->in_file) {
-            return NGX_ERROR;
-        }
-
-        len += cl->buf->last - cl->buf->pos;
-    }
-
-    text->data = ngx_pnalloc(r->pool, len + 1);
-    if (text->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = text->data;
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
-    }
-
-    text->len = p - text->data;
-
-    return NGX_OK;
 }
 
 
