@@ -82,6 +82,8 @@ static ngx_int_t ngx_http_gate_tokens_mint_args(ngx_http_request_t *r,
 static void ngx_http_gate_tokens_settings(void *data, PGresult *res);
 static ngx_int_t ngx_http_gate_tokens_check_scope(ngx_http_request_t *r,
     ngx_http_gate_tokens_t *tk, json_t *settings);
+static ngx_int_t ngx_http_gate_tokens_session_scope(ngx_http_request_t *r,
+    ngx_http_gate_tokens_t *tk, json_t *defaults);
 static void ngx_http_gate_tokens_subject(void *data, PGresult *res);
 static void ngx_http_gate_tokens_insert(ngx_http_request_t *r,
     ngx_http_gate_tokens_t *tk);
@@ -401,6 +403,14 @@ ngx_http_gate_tokens_settings(void *data, PGresult *res)
         /* the tenant's default scopes, and never past the session */
 
         v = json_object_get(settings, "default_scopes");
+
+        if (tk->scope.len
+            && ngx_http_gate_tokens_session_scope(r, tk, v) != NGX_OK)
+        {
+            json_decref(settings);
+            goto done;
+        }
+
         if (tk->scope.len == 0 && json_is_string(v)) {
             tk->scope.len = json_string_length(v);
             tk->scope.data = ngx_pnalloc(r->pool, tk->scope.len + 1);
@@ -552,6 +562,53 @@ ngx_http_gate_tokens_check_scope(ngx_http_request_t *r,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * An end user may narrow the tenant's default scopes, never widen them:
+ * the session proves who the user is, not what the tenant grants.
+ */
+
+static ngx_int_t
+ngx_http_gate_tokens_session_scope(ngx_http_request_t *r,
+    ngx_http_gate_tokens_t *tk, json_t *defaults)
+{
+    json_t      *limit, *allowed;
+    ngx_int_t    rc;
+    const char  *p, *last, *start;
+
+    limit = json_pack("{s:[]}", "allowed_scopes");
+    if (limit == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return NGX_ERROR;
+    }
+
+    allowed = json_object_get(limit, "allowed_scopes");
+
+    p = json_is_string(defaults) ? json_string_value(defaults) : "";
+    last = p + ngx_strlen(p);
+
+    while (p < last) {
+        while (p < last && *p == ' ') {
+            p++;
+        }
+
+        start = p;
+
+        while (p < last && *p != ' ') {
+            p++;
+        }
+
+        if (p > start) {
+            json_array_append_new(allowed, json_stringn(start, p - start));
+        }
+    }
+
+    rc = ngx_http_gate_tokens_check_scope(r, tk, limit);
+    json_decref(limit);
+
+    return rc;
 }
 
 

@@ -277,6 +277,18 @@ subtest 'session exchange' => sub {
     my $session_end = $reg->{json}{session}{expires_at};
     ok $in->{exp} <= time + 7200, 'no longer than the tenant allows, nor the session lives';
 
+    # the user may narrow the default scopes, never widen them
+    my @as = (headers => [ 'X-Gate-Tenant' => 'acme', 'X-Session-Token' => $session ]);
+    for my $scope ('read', 'profile write', 'admin') {
+        $r = $t->request(POST => '/v1/gate/tokens', @as, json => { scope => $scope });
+        is $r->{status}, 422, "asking for \"$scope\" beyond the default scopes: 422";
+        is $r->{json}{error}{code}, 'scope_not_allowed', '... scope_not_allowed';
+    }
+    $r = $t->request(POST => '/v1/gate/tokens', @as, json => { scope => 'profile', expires_in => 60 });
+    is $r->{status}, 201, 'asking for the default scope itself: 201' or diag $r->{body};
+    is $r->{json}{scope}, 'profile', '... with just that scope';
+    is $r->{json}{expires_in}, 60, '... and the lifetime asked for';
+
     $r = $t->request(POST => '/v1/gate/tokens', headers => [ 'X-Gate-Tenant' => 'globex', 'X-Session-Token' => $session ]);
     is $r->{status}, 401, 'the same session through B: 401';
 };
