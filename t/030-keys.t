@@ -205,12 +205,25 @@ subtest 'last_used_at is kept without a write per request' => sub {
     is $row->[0], 't', 'twenty cached uses within the minute wrote nothing';
 };
 
+subtest 'PostgreSQL itself refuses a slug shaped like a tenant id' => sub {
+    for my $slug ($acme_id, 'ab-') {
+        my $ok = eval {
+            $pg->sql(q{INSERT INTO tenants (id, slug, name) VALUES (gen_random_uuid(), :'slug', 'x')},
+                     slug => $slug);
+            1;
+        };
+        ok !$ok, "slug \"$slug\" refused by the tenants_slug_shape check";
+    }
+};
+
 subtest 'gatectl refuses bad input with a clear line' => sub {
     my @cases = (
         [ [qw(tenant create --slug acme --name Again)], qr/already exists/ ],
         [ [qw(tenant create --slug), "Robert'); DROP TABLE tenants;--", '--name', 'x'], qr/invalid slug/ ],
         [ [qw(tenant create --slug UPPER --name x)], qr/invalid slug/ ],
         [ [qw(tenant create --slug a --name x)], qr/invalid slug/ ],
+        [ [qw(tenant create --slug ab- --name x)], qr/invalid slug/ ],
+        [ [ 'tenant', 'create', '--slug', $acme_id, '--name', 'x' ], qr/invalid slug/ ],
         [ [qw(tenant create --name x)], qr/--slug is required/ ],
         [ [qw(tenant disable nosuch)], qr/no tenant "nosuch"/ ],
         [ [qw(key create nosuch)], qr/no tenant "nosuch"/ ],

@@ -174,12 +174,19 @@ sub forget_tenant {
     }
 }
 
-sub valid_slug { return $_[0] =~ /\A[a-z0-9][a-z0-9-]{1,62}\z/ }
+# A slug names one tenant wherever an id is accepted too, so it may not be
+# shaped like an id; nor end in "-" (a host name label may not).
+sub valid_slug {
+    my ($slug) = @_;
+    return $slug =~ /\A[a-z0-9][a-z0-9-]{0,61}[a-z0-9]\z/
+        && $slug !~ /\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\z/;
+}
+
+my $SLUG_RULE = 'use 2-63 of a-z, 0-9 and -, starting and ending with a letter or digit, not shaped like a tenant id';
 
 sub tenant_by_slug {
     my ($slug) = @_;
-    die "invalid slug \"$slug\": use 2-63 of a-z, 0-9 and -, starting with a letter or digit\n"
-        unless valid_slug($slug);
+    die "invalid slug \"$slug\": $SLUG_RULE\n" unless valid_slug($slug);
 
     my ($row) = sql(<<'SQL', slug => $slug);
 SELECT id, slug, name, plan,
@@ -197,8 +204,7 @@ sub tenant_create {
     my $name = $opt->{name} // die "--name is required\n";
     my $plan = $opt->{plan} // 'free';
 
-    die "invalid slug \"$slug\": use 2-63 of a-z, 0-9 and -, starting with a letter or digit\n"
-        unless valid_slug($slug);
+    die "invalid slug \"$slug\": $SLUG_RULE\n" unless valid_slug($slug);
     die "invalid name: 1 to 200 characters\n"
         unless length($name) >= 1 && length($name) <= 200;
     die "invalid plan \"$plan\"\n" unless $plan =~ /\A[a-z0-9_-]{1,32}\z/;
