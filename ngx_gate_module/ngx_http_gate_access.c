@@ -408,6 +408,20 @@ ngx_http_gate_access_lookup(ngx_http_request_t *r,
     if (ctx->kind == NGX_HTTP_GATE_LOOKUP_SESSION) {
         rc = ngx_http_gate_session_credential(r, ctx, &credential);
 
+        /*
+         * A 401 always carries a challenge (RFC 9110); a session may come
+         * as "Authorization: Bearer ory_st_...", so Bearer it is.
+         */
+
+        if (rc != NGX_OK
+            && ngx_http_gate_access_bearer_challenge(r, glcf,
+                                                     rc == NGX_DECLINED
+                                                     ? NULL : "invalid_token")
+               != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         if (rc == NGX_DECLINED) {
             return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_UNAUTHORIZED,
                                              kind->code, "missing_credential",
@@ -539,9 +553,8 @@ ngx_http_gate_access_decide(ngx_http_request_t *r,
 
 invalid:
 
-    if (ctx->kind != NGX_HTTP_GATE_LOOKUP_SESSION
-        && ngx_http_gate_access_bearer_challenge(r, glcf, "invalid_token")
-           != NGX_OK)
+    if (ngx_http_gate_access_bearer_challenge(r, glcf, "invalid_token")
+        != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }

@@ -111,14 +111,18 @@ subtest 'log in in A; the session is A\'s only' => sub {
     $r = req('globex', GET => '/sessions/whoami', headers => [ 'X-Session-Token' => $token ]);
     is $r->{status}, 401, 'whoami through B: 401';
     is $r->{json}{error}{code}, 'invalid_session', '... invalid_session';
+    is $r->{headers}{'www-authenticate'}, 'Bearer error="invalid_token"', '... with a challenge';
 
     $r = req('acme', GET => '/app/orders', headers => [ Authorization => "Bearer $token" ]);
     is $r->{status}, 200, 'A\'s app accepts the session (bearer)';
+    ok !exists $r->{headers}{'www-authenticate'}, '... and the answer carries no challenge';
     is $r->{json}{headers}{'x-gate-subject'}, $ada_id, '... and is told the subject';
     is $r->{json}{headers}{'x-gate-tenant-id'}, $tenant{acme}, '... and the tenant';
     is req('globex', GET => '/app/orders', headers => [ Authorization => "Bearer $token" ])->{status}, 401,
         'B\'s app refuses it';
-    is req('acme', GET => '/app/orders')->{status}, 401, 'no session: 401';
+    $r = req('acme', GET => '/app/orders');
+    is $r->{status}, 401, 'no session: 401';
+    is $r->{headers}{'www-authenticate'}, 'Bearer', '... with a bare Bearer challenge';
 };
 
 subtest 'A\'s credentials through B\'s login look like a wrong password' => sub {
