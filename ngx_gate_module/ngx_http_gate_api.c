@@ -231,9 +231,9 @@ ngx_http_gate_api_route(ngx_http_request_t *r, ngx_http_gate_api_t *api)
             return NGX_OK;
 
         default:
-            return ngx_http_gate_api_refuse(api, r, NGX_HTTP_NOT_ALLOWED,
-                                            "method_not_allowed",
-                                            "Use GET or POST here.");
+            api->rc = ngx_http_gate_json_not_allowed(r, "GET, POST",
+                                                     "Use GET or POST here.");
+            return NGX_DECLINED;
         }
     }
 
@@ -248,9 +248,9 @@ ngx_http_gate_api_route(ngx_http_request_t *r, ngx_http_gate_api_t *api)
         api->id.len = NGX_HTTP_GATE_UUID_LEN;
 
         if (r->method != NGX_HTTP_GET && r->method != NGX_HTTP_DELETE) {
-            return ngx_http_gate_api_refuse(api, r, NGX_HTTP_NOT_ALLOWED,
-                                            "method_not_allowed",
-                                            "Use GET or DELETE here.");
+            api->rc = ngx_http_gate_json_not_allowed(r, "GET, DELETE",
+                                                     "Use GET or DELETE here.");
+            return NGX_DECLINED;
         }
 
         api->op = NGX_HTTP_GATE_OP_TOKENS;
@@ -296,9 +296,10 @@ ngx_http_gate_api_route(ngx_http_request_t *r, ngx_http_gate_api_t *api)
         return NGX_OK;
 
     default:
-        return ngx_http_gate_api_refuse(api, r, NGX_HTTP_NOT_ALLOWED,
-                                        "method_not_allowed",
-                                        "Use GET, PUT, PATCH or DELETE here.");
+        api->rc = ngx_http_gate_json_not_allowed(r, "GET, PUT, PATCH, DELETE",
+                                                 "Use GET, PUT, PATCH or "
+                                                 "DELETE here.");
+        return NGX_DECLINED;
     }
 }
 

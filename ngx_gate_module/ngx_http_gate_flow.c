@@ -290,9 +290,8 @@ ngx_http_gate_flow_init_handler(ngx_http_request_t *r)
     }
 
     if (r->method != NGX_HTTP_GET) {
-        return ngx_http_gate_json_error(r, NGX_HTTP_NOT_ALLOWED,
-                                        "method_not_allowed",
-                                        "Flows are created with GET.");
+        return ngx_http_gate_json_not_allowed(r, "GET",
+                                              "Flows are created with GET.");
     }
 
     rc = ngx_http_discard_request_body(r);

@@ -88,9 +88,8 @@ ngx_http_gate_hook_handler(ngx_http_request_t *r)
     }
 
     if (r->method != NGX_HTTP_POST) {
-        return ngx_http_gate_json_error(r, NGX_HTTP_NOT_ALLOWED,
-                                        "method_not_allowed",
-                                        "Kratos posts here.");
+        return ngx_http_gate_json_not_allowed(r, "POST",
+                                              "Kratos posts here.");
     }
 
     rc = ngx_http_read_client_request_body(r, ngx_http_gate_hook_body);

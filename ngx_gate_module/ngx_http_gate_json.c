@@ -36,6 +36,40 @@ ngx_http_gate_json_error(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+/* A 405 names what the resource does take (RFC 9110, 15.5.6). */
+
+ngx_int_t
+ngx_http_gate_json_not_allowed(ngx_http_request_t *r, const char *methods,
+    const char *message)
+{
+    if (ngx_http_gate_json_allow(r, methods) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_gate_json_error(r, NGX_HTTP_NOT_ALLOWED,
+                                    "method_not_allowed", message);
+}
+
+
+ngx_int_t
+ngx_http_gate_json_allow(ngx_http_request_t *r, const char *methods)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Allow");
+    h->value.data = (u_char *) methods;
+    h->value.len = ngx_strlen(methods);
+
+    return NGX_OK;
+}
+
+
 /* jansson's text, moved into the pool; the value stays the caller's. */
 
 ngx_int_t

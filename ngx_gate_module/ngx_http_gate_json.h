@@ -18,6 +18,9 @@ ngx_int_t ngx_http_gate_json_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *body);
 ngx_int_t ngx_http_gate_json_dump(ngx_pool_t *pool, json_t *value,
     ngx_str_t *out);
+ngx_int_t ngx_http_gate_json_allow(ngx_http_request_t *r, const char *methods);
+ngx_int_t ngx_http_gate_json_not_allowed(ngx_http_request_t *r,
+    const char *methods, const char *message);
 ngx_int_t ngx_http_gate_json_body(ngx_http_request_t *r, size_t max,
     ngx_str_t *text);
 

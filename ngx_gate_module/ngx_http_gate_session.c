@@ -508,9 +508,8 @@ ngx_http_gate_logout_handler(ngx_http_request_t *r)
     ngx_int_t  rc;
 
     if (r->method != NGX_HTTP_DELETE) {
-        return ngx_http_gate_json_error(r, NGX_HTTP_NOT_ALLOWED,
-                                        "method_not_allowed",
-                                        "Log out with DELETE.");
+        return ngx_http_gate_json_not_allowed(r, "DELETE",
+                                              "Log out with DELETE.");
     }
 
     if (ngx_http_get_module_ctx(r, ngx_http_gate_module) == NULL) {

@@ -64,7 +64,6 @@ ngx_int_t
 ngx_http_gate_settings_handler(ngx_http_request_t *r)
 {
     ngx_int_t                  rc;
-    ngx_table_elt_t           *h;
     ngx_http_gate_ctx_t       *ctx;
     ngx_http_gate_settings_t  *st;
 
@@ -77,19 +76,9 @@ ngx_http_gate_settings_handler(ngx_http_request_t *r)
     if (r->method != NGX_HTTP_GET && r->method != NGX_HTTP_HEAD
         && r->method != NGX_HTTP_PUT)
     {
-        h = ngx_list_push(&r->headers_out.headers);
-        if (h == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        h->hash = 1;
-        ngx_str_set(&h->key, "Allow");
-        ngx_str_set(&h->value, "GET, PUT");
-
-        return ngx_http_gate_json_error(r, NGX_HTTP_NOT_ALLOWED,
-                                        "method_not_allowed",
-                                        "Settings are read with GET and "
-                                        "replaced with PUT.");
+        return ngx_http_gate_json_not_allowed(r, "GET, PUT",
+                                              "Settings are read with GET "
+                                              "and replaced with PUT.");
     }
 
     st = ngx_http_gate_settings_create(r);

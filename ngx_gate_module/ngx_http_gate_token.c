@@ -166,9 +166,8 @@ ngx_http_gate_tokens_handler(ngx_http_request_t *r)
     }
 
     if (r->method != NGX_HTTP_POST) {
-        return ngx_http_gate_json_error(r, NGX_HTTP_NOT_ALLOWED,
-                                        "method_not_allowed",
-                                        "Tokens are made with POST.");
+        return ngx_http_gate_json_not_allowed(r, "POST",
+                                              "Tokens are made with POST.");
     }
 
     tk = ngx_http_gate_tokens_create(r, NGX_HTTP_GATE_TOKENS_MINT);
@@ -806,6 +805,10 @@ ngx_http_gate_tokens_client_handler(ngx_http_request_t *r)
     tk->rfc = 1;
 
     if (r->method != NGX_HTTP_POST) {
+        if (ngx_http_gate_json_allow(r, "POST") != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         r->main->count++;
         ngx_http_gate_tokens_error(r, tk, NGX_HTTP_NOT_ALLOWED,
                                    "invalid_request", "Use POST.");

@@ -272,6 +272,14 @@ subtest 'bad input: clear errors, never a 500' => sub {
         ok length($r->{json}{error}{message} // ''), "$name: with a message";
     }
 
+    for my $c ([ DELETE => '', 'GET, POST' ], [ POST => "/$ada", 'GET, PUT, PATCH, DELETE' ],
+               [ PUT => "/$ada/tokens", 'GET, DELETE' ]) {
+        my ($method, $path, $allow) = @$c;
+        my $r = api($a_key, $method => $path, ($method eq 'DELETE' ? () : (json => {})));
+        is $r->{status}, 405, "$method /v1/gate/identities$path: 405";
+        is $r->{headers}{allow}, $allow, "... Allow: $allow";
+    }
+
     my $r = $t->request(GET => '/v1/gate/identities');
     is $r->{status}, 401, 'no key: 401';
     is $r->{json}{error}{code}, 'invalid_key', 'invalid_key';

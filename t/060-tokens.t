@@ -162,6 +162,14 @@ subtest 'mint: what is refused' => sub {
     is $r->{status}, 401, 'no credential: 401';
 };
 
+subtest 'the token endpoints take POST only, and say so' => sub {
+    for my $path ('/v1/gate/tokens', '/v1/gate/tokens/introspect', '/v1/gate/tokens/revoke') {
+        my $r = api('acme', GET => $path);
+        is $r->{status}, 405, "GET $path: 405";
+        is $r->{headers}{allow}, 'POST', '... Allow: POST';
+    }
+};
+
 subtest 'introspection (RFC 7662)' => sub {
     my $r = introspect('acme', $token);
     is $r->{status}, 200, 'answered 200';
