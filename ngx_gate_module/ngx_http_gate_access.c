@@ -16,6 +16,7 @@
 #include "ngx_http_gate_access.h"
 #include "ngx_http_gate_credential.h"
 #include "ngx_http_gate_flow.h"
+#include "ngx_http_gate_login.h"
 #include "ngx_http_gate_headers.h"
 #include "ngx_http_gate_json.h"
 #include "ngx_http_gate_lookup.h"
@@ -25,7 +26,8 @@
 #define NGX_HTTP_GATE_STEP_TENANT      0
 #define NGX_HTTP_GATE_STEP_CREDENTIAL  1
 #define NGX_HTTP_GATE_STEP_FLOW        2
-#define NGX_HTTP_GATE_STEP_DONE        3
+#define NGX_HTTP_GATE_STEP_LOGIN       3
+#define NGX_HTTP_GATE_STEP_DONE        4
 
 
 /* What each kind of credential is called in errors. */
@@ -123,6 +125,10 @@ ngx_http_gate_access_handler(ngx_http_request_t *r)
 
         case NGX_HTTP_GATE_STEP_FLOW:
             rc = ngx_http_gate_flow_check(r, glcf, ctx);
+            break;
+
+        case NGX_HTTP_GATE_STEP_LOGIN:
+            rc = ngx_http_gate_login_check(r, glcf, ctx);
             break;
 
         default:

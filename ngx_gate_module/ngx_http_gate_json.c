@@ -6,6 +6,7 @@
 /*
  * The one writer of Gate's error shape:
  * {"error":{"code":"snake_case","message":"human sentence"}}
+ * and the one reader of request bodies, JSON or form.
  */
 
 
@@ -193,6 +194,86 @@ ngx_http_gate_json_body(ngx_http_request_t *r, size_t max, ngx_str_t *text)
     }
 
     text->len = p - text->data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * One field of an application/x-www-form-urlencoded body, keys and values
+ * decoded as Go decodes them.  NGX_DECLINED: absent.  NGX_BUSY: given more
+ * than once, which RFC 6749 (3.1) forbids, and which would let Gate read
+ * one value while the service behind it reads another.
+ */
+
+ngx_int_t
+ngx_http_gate_form_value(ngx_str_t *form, const char *name, ngx_pool_t *pool,
+    ngx_str_t *value)
+{
+    u_char      *p, *last, *end, *eq;
+    size_t       len;
+    ngx_str_t    key;
+    ngx_uint_t   found;
+
+    len = ngx_strlen(name);
+    p = form->data;
+    last = p + form->len;
+    found = 0;
+
+    while (p < last) {
+        end = ngx_strlchr(p, last, '&');
+        end = end ? end : last;
+        eq = ngx_strlchr(p, end, '=');
+        eq = eq ? eq : end;
+
+        if (ngx_http_gate_form_decode(pool, p, eq - p, &key) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (key.len == len && ngx_strncmp(key.data, name, len) == 0) {
+            if (found++) {
+                return NGX_BUSY;
+            }
+
+            if (ngx_http_gate_form_decode(pool, eq + (eq < end),
+                                          end - eq - (eq < end), value)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+
+        p = end + 1;
+    }
+
+    return found ? NGX_OK : NGX_DECLINED;
+}
+
+
+/* '+' is a space in forms, and "%2B" a '+': spaces first, then escapes. */
+
+ngx_int_t
+ngx_http_gate_form_decode(ngx_pool_t *pool, u_char *p, size_t len,
+    ngx_str_t *out)
+{
+    u_char  *dst, *src;
+    size_t   i;
+
+    out->data = ngx_pnalloc(pool, len + 1);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < len; i++) {
+        out->data[i] = (p[i] == '+') ? ' ' : p[i];
+    }
+
+    dst = out->data;
+    src = out->data;
+
+    ngx_unescape_uri(&dst, &src, len, 0);
+
+    out->len = dst - out->data;
 
     return NGX_OK;
 }

@@ -129,6 +129,7 @@ struct ngx_http_gate_ctx_s {
     ngx_str_t                  flow_tenant;   /* from gate:flow:{id} */
     ngx_str_t                  flow_type;     /* "api" | "browser" */
     ngx_http_request_t        *kratos_sr;     /* the last Kratos answer */
+    ngx_uint_t                 refusal;       /* a login body's status */
     unsigned                   api_flow:1;
     unsigned                   guarded:1;
 };

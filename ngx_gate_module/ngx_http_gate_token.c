@@ -108,8 +108,6 @@ static ngx_http_gate_tokens_t *ngx_http_gate_tokens_answered(
 static ngx_int_t ngx_http_gate_tokens_pg(ngx_http_request_t *r,
     ngx_uint_t statement, ngx_uint_t n, ngx_str_t *params,
     ngx_http_gate_pg_handler_pt handler);
-static ngx_int_t ngx_http_gate_tokens_form(ngx_str_t *form, const char *name,
-    ngx_pool_t *pool, ngx_str_t *value);
 static void ngx_http_gate_tokens_send(ngx_http_request_t *r,
     ngx_uint_t status, json_t *value);
 static void ngx_http_gate_tokens_error(ngx_http_request_t *r,
@@ -892,10 +890,10 @@ ngx_http_gate_tokens_client(ngx_http_request_t *r, ngx_http_gate_tokens_t *tk,
     u_char     *colon;
     ngx_str_t   auth, decoded;
 
-    if (ngx_http_gate_tokens_form(&tk->form, "client_secret", r->pool, key)
+    if (ngx_http_gate_form_value(&tk->form, "client_secret", r->pool, key)
         == NGX_OK)
     {
-        if (ngx_http_gate_tokens_form(&tk->form, "client_id", r->pool,
+        if (ngx_http_gate_form_value(&tk->form, "client_id", r->pool,
                                       &tk->client_id)
             != NGX_OK)
         {
@@ -1040,11 +1038,14 @@ ngx_http_gate_tokens_act(ngx_http_request_t *r, ngx_http_gate_tokens_t *tk)
     u_char     hash[32];
     ngx_str_t  params[2];
 
-    if (ngx_http_gate_tokens_form(&tk->form, "token", r->pool, &tk->token)
+    /* RFC 6749 3.1: a parameter is sent once, or the request is invalid */
+
+    if (ngx_http_gate_form_value(&tk->form, "token", r->pool, &tk->token)
         != NGX_OK || tk->token.len == 0)
     {
         ngx_http_gate_tokens_error(r, tk, NGX_HTTP_BAD_REQUEST,
-                                   "invalid_request", "token is required.");
+                                   "invalid_request",
+                                   "token is required, once.");
         return;
     }
 
@@ -1514,57 +1515,6 @@ ngx_http_gate_tokens_pg(ngx_http_request_t *r, ngx_uint_t statement,
 
     return ngx_http_gate_pg_request(r, &tk->query, statement, n, params,
                                     handler);
-}
-
-
-/* One field of an application/x-www-form-urlencoded body, decoded. */
-
-static ngx_int_t
-ngx_http_gate_tokens_form(ngx_str_t *form, const char *name, ngx_pool_t *pool,
-    ngx_str_t *value)
-{
-    u_char  *p, *last, *start, *end, *dst, *src;
-    size_t   len;
-
-    len = ngx_strlen(name);
-    p = form->data;
-    last = p + form->len;
-
-    while (p < last) {
-        start = p;
-        end = ngx_strlchr(p, last, '&');
-        end = end ? end : last;
-
-        if ((size_t) (end - start) > len && start[len] == '='
-            && ngx_strncmp(start, name, len) == 0)
-        {
-            value->data = ngx_pnalloc(pool, end - start - len);
-            if (value->data == NULL) {
-                return NGX_ERROR;
-            }
-
-            src = start + len + 1;
-            dst = value->data;
-
-            /* '+' is a space in forms; ngx_unescape_uri() leaves it */
-
-            ngx_unescape_uri(&dst, &src, end - start - len - 1,
-                             NGX_UNESCAPE_URI);
-            value->len = dst - value->data;
-
-            for (p = value->data; p < dst; p++) {
-                if (*p == '+') {
-                    *p = ' ';
-                }
-            }
-
-            return NGX_OK;
-        }
-
-        p = end + 1;
-    }
-
-    return NGX_DECLINED;
 }
 
 

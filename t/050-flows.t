@@ -34,7 +34,7 @@ sub req {
     return $t->request($method, $path,
         headers => [ ($tenant ? ('X-Gate-Tenant' => $tenant) : ()), Accept => 'application/json',
                      @{ $opt{headers} // [] } ],
-        (exists $opt{json} ? (json => $opt{json}) : ()));
+        (exists $opt{json} ? (json => $opt{json}) : ()), (exists $opt{body} ? (body => $opt{body}) : ()));
 }
 
 sub register {
@@ -125,15 +125,89 @@ subtest 'log in in A; the session is A\'s only' => sub {
     is $r->{headers}{'www-authenticate'}, 'Bearer', '... with a bare Bearer challenge';
 };
 
-subtest 'A\'s credentials through B\'s login look like a wrong password' => sub {
+# What a failed login answers, less what differs between any two flows.
+sub failure_shape {
+    my ($r) = @_;
+    my %flow = %{ $r->{json} // {} };
+    delete @flow{qw(id created_at updated_at issued_at expires_at request_url)};
+    my %ui = %{ $flow{ui} // {} };
+    delete $ui{action};
+    my @nodes = map { my %n = %$_; my %a = %{ $n{attributes} // {} };
+                      delete $a{value} if ($a{name} // '') eq 'csrf_token';
+                      $n{attributes} = \%a; \%n } @{ $ui{nodes} // [] };
+    return { %flow, ui => { %ui, nodes => \@nodes }, status => $r->{status} };
+}
+
+sub login_form {
+    my ($tenant, $email, $password, $browser) = @_;
+    my $flow = req($tenant, GET => "/self-service/login/" . ($browser ? 'browser' : 'api'));
+    my @cookies = map { /^([^;]+)/ } (ref $flow->{headers}{'set-cookie'} ? @{ $flow->{headers}{'set-cookie'} }
+                                                                         : ($flow->{headers}{'set-cookie'} // ()));
+    my ($csrf) = map { $_->{attributes}{value} } grep { ($_->{attributes}{name} // '') eq 'csrf_token' }
+                 @{ $flow->{json}{ui}{nodes} };
+    my $enc = sub { (my $v = shift) =~ s/([^A-Za-z0-9_.~-])/sprintf '%%%02X', ord $1/ge; $v };
+    my $body = join '&', map { "$_->[0]=" . $enc->($_->[1]) }
+        ([ method => 'password' ], [ identifier => $email ], [ password => $password ],
+         ($browser ? ([ csrf_token => $csrf ]) : ()));
+    my $r = req($tenant, POST => "/self-service/login?flow=$flow->{json}{id}",
+                headers => [ 'Content-Type' => 'application/x-www-form-urlencoded',
+                             ($browser ? (Cookie => join('; ', @cookies)) : ()) ],
+                body => $body);
+    # what the browser's UI would read back afterwards
+    my $stored = req($tenant, GET => "/self-service/login/flows?id=$flow->{json}{id}",
+                     headers => [ ($browser ? (Cookie => join('; ', @cookies)) : ()) ]);
+    return ($r, $stored);
+}
+
+subtest 'A\'s credentials through B\'s login look exactly like a wrong password' => sub {
     my $cross = login('globex', $ada, $pw);
-    my $wrong = login('acme', $ada, 'not the password at all');
+    my $wrong = login('globex', $ada, 'not the password at all');
+    my $own_wrong = login('acme', $ada, 'not the password at all');
     is $cross->{status}, 400, 'refused';
-    is $wrong->{status}, 400, 'a wrong password is refused the same way';
-    is_deeply messages($cross), messages($wrong), 'with the very same messages';
+    ok !defined $cross->{json}{session_token}, 'and no session';
     like join(' ', @{ messages($cross) }), qr/^4000006: The provided credentials are invalid/,
         'Kratos\' own invalid-credentials message';
-    ok !defined $cross->{json}{session_token}, 'and no session';
+    is_deeply failure_shape($cross), failure_shape($wrong),
+        'the right password through B answers what a wrong one does, field by field';
+    is_deeply failure_shape($cross), failure_shape($own_wrong),
+        '... and what a wrong password in A answers';
+    ok !exists $cross->{json}{active}, '... no method marked active';
+    my ($node) = grep { ($_->{attributes}{name} // '') eq 'identifier' } @{ $cross->{json}{ui}{nodes} };
+    is $node->{attributes}{value}, $ada, '... and the identifier given back, as for a wrong password';
+
+    my ($ucross) = login('globex', uc $ada, $pw);
+    is_deeply failure_shape($ucross), failure_shape(login('globex', uc $ada, 'wrong again')),
+        'the same with the identifier in another case';
+
+    for my $browser (0, 1) {
+        my $kind = $browser ? 'browser' : 'API';
+        my ($c, $c_stored) = login_form('globex', $ada, $pw, $browser);
+        my ($w, $w_stored) = login_form('globex', $ada, 'not it either', $browser);
+        is $c->{status}, $w->{status}, "a form-encoded $kind login: the same status ($c->{status})";
+        is_deeply failure_shape($c), failure_shape($w), "... the same answer";
+        is_deeply failure_shape($c_stored), failure_shape($w_stored), "... and the same flow read back";
+    }
+
+    my ($ok) = login_form('acme', $ada, $pw, 0);
+    is $ok->{status}, 200, 'a form-encoded login in A itself still works';
+    ok $ok->{json}{session_token}, '... with a session';
+    is login('acme', $ada, $pw)->{status}, 200, 'and so does a JSON one';
+};
+
+subtest 'a login body Gate cannot read for certain is refused, not passed' => sub {
+    my $flow = req('globex', GET => '/self-service/login/api');
+    my $path = "/self-service/login?flow=$flow->{json}{id}";
+    my $r = req('globex', POST => $path, headers => [ 'Content-Type' => 'application/json' ],
+                body => qq({"method":"password","identifier":"nobody\@globex.test","identifier":"$ada","password":"$pw"}));
+    is $r->{status}, 400, 'JSON naming the identifier twice: 400';
+    is $r->{json}{error}{code}, 'invalid_request', '... invalid_request';
+    $r = req('globex', POST => $path, headers => [ 'Content-Type' => 'application/x-www-form-urlencoded' ],
+             body => "method=password&identifier=nobody%40globex.test&identifier=" . $ada . "&password=x");
+    is $r->{status}, 400, 'a form naming it twice: 400';
+    $r = req('globex', POST => $path, headers => [ 'Content-Type' => 'multipart/form-data; boundary=x' ],
+             body => "--x\r\nContent-Disposition: form-data; name=\"method\"\r\n\r\npassword\r\n--x--\r\n");
+    is $r->{status}, 415, 'multipart: 415';
+    is $r->{json}{error}{code}, 'unsupported_media_type', '... unsupported_media_type';
 };
 
 subtest 'a registration flow Gate did not create is interrupted by the hook' => sub {
