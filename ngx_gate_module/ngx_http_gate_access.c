@@ -786,9 +786,16 @@ ngx_http_gate_access_has_key(ngx_http_request_t *r)
 static ngx_uint_t
 ngx_http_gate_access_has_credential(ngx_http_request_t *r)
 {
-    ngx_str_t  name = ngx_string("x-session-token");
+    ngx_str_t         name = ngx_string("x-session-token");
+    ngx_table_elt_t  *h;
 
-    return r->headers_in.authorization != NULL
+    /* a bearer that is no session (an access token, say) is none of these */
+
+    h = r->headers_in.authorization;
+
+    return (h && h->value.len > sizeof("Bearer ory_st_") - 1
+            && ngx_strncasecmp(h->value.data, (u_char *) "Bearer ", 7) == 0
+            && ngx_strncmp(h->value.data + 7, "ory_st_", 7) == 0)
            || r->headers_in.cookies.nelts != 0
            || ngx_http_gate_headers_find(r, &name) != NULL;
 }

@@ -160,6 +160,10 @@ subtest 'mint: what is refused' => sub {
     is $r->{json}{error}{code}, 'tenant_required', '... tenant_required';
     $r = $t->request(POST => '/v1/gate/tokens', json => { subject => $ada }, headers => [ 'X-Gate-Tenant' => 'acme' ]);
     is $r->{status}, 401, 'no credential: 401';
+    $r = $t->request(POST => '/v1/gate/tokens', json => { subject => $ada },
+                     headers => [ Authorization => "Bearer $token" ]);
+    is $r->{status}, 401, 'an access token is no credential to mint with: 401';
+    is $r->{json}{error}{code}, 'invalid_key', '... invalid_key';
 };
 
 subtest 'the token endpoints take POST only, and say so' => sub {
@@ -171,6 +175,11 @@ subtest 'the token endpoints take POST only, and say so' => sub {
 };
 
 subtest 'introspection (RFC 7662)' => sub {
+    my $twice = form('/v1/gate/tokens/introspect', "token=$token&token=gat_live_x",
+                     Authorization => "Bearer $key{acme}");
+    is $twice->{status}, 400, 'token given twice: 400 (RFC 6749 3.1)';
+    is $twice->{json}{error}, 'invalid_request', '... invalid_request';
+
     my $r = introspect('acme', $token);
     is $r->{status}, 200, 'answered 200';
     my $j = $r->{json};
