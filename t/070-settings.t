@@ -162,6 +162,8 @@ subtest 'bad bodies are refused and change nothing' => sub {
         like $r->{json}{error}{message}, $message, '... and the message names it' if $message;
     }
     is_deeply settings(acme => 'GET')->{json}, \%policy, 'the policy is what it was';
+    like settings(acme => 'PUT', json => { colour => 'blue' })->{raw}, qr{^HTTP/1\.1 422 Unprocessable Content\r\n},
+        'a 422 says its reason phrase';
 };
 
 subtest 'other methods' => sub {
