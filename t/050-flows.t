@@ -82,6 +82,8 @@ subtest 'register in A through an API flow' => sub {
 subtest 'register in A through a browser flow, with its CSRF cookie' => sub {
     my $flow = req('acme', GET => '/self-service/registration/browser');
     is $flow->{status}, 200, 'an SPA browser flow (JSON)';
+    like $flow->{json}{request_url}, qr{^http://localhost/self-service/registration/browser},
+        'Kratos saw the client\'s host, not nginx\'s upstream name';
     my @cookies = map { /^([^;]+)/ } (ref $flow->{headers}{'set-cookie'} ? @{ $flow->{headers}{'set-cookie'} }
                                                                          : ($flow->{headers}{'set-cookie'} // ()));
     ok @cookies, 'Kratos\' CSRF cookie reaches the client';

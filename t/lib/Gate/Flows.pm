@@ -49,6 +49,7 @@ http {
 
         location /_gate/kratos-public/ {
             internal;
+            proxy_set_header Host \$host;
             proxy_pass http://kratos_public/;
             proxy_set_header X-Forwarded-Proto \$scheme;
             proxy_connect_timeout 1s;
@@ -74,6 +75,7 @@ http {
         location ~ ^/self-service/(login|registration|recovery|verification)(/flows)?\$ {
             gate_tenant $tenant;
             gate_flow check;
+            proxy_set_header Host \$host;
             proxy_pass http://kratos_public;
         }
 
@@ -82,6 +84,7 @@ http {
         location ~ ^/self-service/settings(/flows)?\$ {
             gate_tenant $tenant;
             gate_auth session;
+            proxy_set_header Host \$host;
             proxy_pass http://kratos_public;
         }
 
@@ -92,6 +95,7 @@ http {
         location = /sessions/whoami {
             gate_tenant $tenant;
             gate_auth session;
+            proxy_set_header Host \$host;
             proxy_pass http://kratos_public;
         }
 
