@@ -206,6 +206,54 @@ ngx_http_gate_json_body(ngx_http_request_t *r, size_t max, ngx_str_t *text)
 
 
 /*
+ * The body a request (or a subrequest) sends on, in memory, with the
+ * length proxy_pass announces ($content_length); chunked framing is gone.
+ */
+
+ngx_int_t
+ngx_http_gate_json_set_body(ngx_http_request_t *r, ngx_str_t *text)
+{
+    ngx_buf_t                *b;
+    ngx_chain_t              *cl;
+    ngx_http_request_body_t  *rb;
+
+    rb = r->request_body;
+
+    if (rb == NULL) {
+        rb = ngx_pcalloc(r->pool, sizeof(ngx_http_request_body_t));
+        if (rb == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    cl = ngx_alloc_chain_link(r->pool);
+    if (b == NULL || cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = text->data;
+    b->last = text->data + text->len;
+    b->start = b->pos;
+    b->end = b->last;
+    b->memory = text->len ? 1 : 0;
+    b->last_buf = 1;
+
+    cl->buf = b;
+    cl->next = NULL;
+
+    rb->bufs = cl;
+    rb->buf = b;
+
+    r->request_body = rb;
+    r->headers_in.content_length_n = text->len;
+    r->headers_in.chunked = 0;
+
+    return NGX_OK;
+}
+
+
+/*
  * One field of an application/x-www-form-urlencoded body, keys and values
  * decoded as Go decodes them.  NGX_DECLINED: absent.  NGX_BUSY: given more
  * than once, which RFC 6749 (3.1) forbids, and which would let Gate read

@@ -24,6 +24,9 @@ ngx_int_t ngx_http_gate_json_not_allowed(ngx_http_request_t *r,
 ngx_int_t ngx_http_gate_json_body(ngx_http_request_t *r, size_t max,
     ngx_str_t *text);
 
+ngx_int_t ngx_http_gate_json_set_body(ngx_http_request_t *r,
+    ngx_str_t *text);
+
 ngx_int_t ngx_http_gate_form_value(ngx_str_t *form, const char *name,
     ngx_pool_t *pool, ngx_str_t *value);
 ngx_int_t ngx_http_gate_form_decode(ngx_pool_t *pool, u_char *p, size_t len,

@@ -12,6 +12,7 @@
 
 
 #include "ngx_http_gate_kratos.h"
+#include "ngx_http_gate_json.h"
 
 
 typedef struct {
@@ -66,10 +67,7 @@ ngx_http_gate_kratos_request(ngx_http_request_t *r, ngx_uint_t public,
     ngx_str_t                        *prefix;
     u_char                           *p;
     ngx_str_t                         uri;
-    ngx_buf_t                        *b;
-    ngx_chain_t                      *cl;
     ngx_http_request_t               *sr;
-    ngx_http_request_body_t          *rb;
     ngx_http_gate_main_conf_t        *gmcf;
     ngx_http_gate_kratos_call_t      *call;
     ngx_http_post_subrequest_t       *ps;
@@ -121,30 +119,7 @@ ngx_http_gate_kratos_request(ngx_http_request_t *r, ngx_uint_t public,
         return NGX_OK;
     }
 
-    rb = ngx_pcalloc(r->pool, sizeof(ngx_http_request_body_t));
-    b = ngx_calloc_buf(r->pool);
-    cl = ngx_alloc_chain_link(r->pool);
-    if (rb == NULL || b == NULL || cl == NULL) {
-        return NGX_ERROR;
-    }
-
-    b->pos = body->data;
-    b->last = body->data + body->len;
-    b->start = b->pos;
-    b->end = b->last;
-    b->memory = 1;
-    b->last_buf = 1;
-
-    cl->buf = b;
-    cl->next = NULL;
-
-    rb->bufs = cl;
-    rb->buf = b;
-
-    sr->request_body = rb;
-    sr->headers_in.content_length_n = body->len;
-
-    return NGX_OK;
+    return ngx_http_gate_json_set_body(sr, body);
 }
 
 

@@ -425,8 +425,6 @@ ngx_http_gate_login_scramble(ngx_http_request_t *r)
     json_t       *root;
     ngx_int_t     rc;
     ngx_str_t     text, password, out;
-    ngx_buf_t    *b;
-    ngx_chain_t  *cl;
 
     if (RAND_bytes(random, sizeof(random)) != 1) {
         return NGX_ERROR;
@@ -465,29 +463,9 @@ ngx_http_gate_login_scramble(ngx_http_request_t *r)
         return NGX_ERROR;
     }
 
-    b = ngx_calloc_buf(r->pool);
-    cl = ngx_alloc_chain_link(r->pool);
-    if (b == NULL || cl == NULL) {
+    if (ngx_http_gate_json_set_body(r, &out) != NGX_OK) {
         return NGX_ERROR;
     }
-
-    b->pos = out.data;
-    b->last = out.data + out.len;
-    b->start = b->pos;
-    b->end = b->last;
-    b->memory = 1;
-    b->last_buf = 1;
-
-    cl->buf = b;
-    cl->next = NULL;
-
-    r->request_body->bufs = cl;
-    r->request_body->buf = b;
-
-    /* proxy_pass sends $content_length; a chunked body is whole by now */
-
-    r->headers_in.content_length_n = out.len;
-    r->headers_in.chunked = 0;
 
     if (r->headers_in.content_length) {
         r->headers_in.content_length->value.data = ngx_pnalloc(r->pool,
