@@ -21,6 +21,7 @@
 #include "ngx_http_gate_settings.h"
 #include "ngx_http_gate_json.h"
 #include "ngx_http_gate_pg.h"
+#include "ngx_http_gate_token.h"
 
 
 #define NGX_HTTP_GATE_SETTINGS_BODY_MAX     16384
@@ -313,6 +314,7 @@ ngx_http_gate_settings_check_scopes(ngx_http_request_t *r, json_t *body)
 {
     size_t       i, j;
     json_t      *allowed, *defaults, *v, *w;
+    ngx_str_t    scope;
     const char  *p, *last, *start;
     ngx_uint_t   n;
 
@@ -390,6 +392,20 @@ ngx_http_gate_settings_check_scopes(ngx_http_request_t *r, json_t *body)
                                           "allowed_scopes.", "default_scopes");
             return NGX_ERROR;
         }
+    }
+
+    /* stored as tokens are: one space between scopes, each scope once */
+
+    scope.len = json_string_length(defaults);
+    scope.data = (u_char *) json_string_value(defaults);
+
+    if (ngx_http_gate_scope_normalize(r->pool, &scope) != NGX_OK
+        || json_object_set_new(body, "default_scopes",
+                               json_stringn((char *) scope.data, scope.len))
+           != 0)
+    {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return NGX_ERROR;
     }
 
     return NGX_OK;

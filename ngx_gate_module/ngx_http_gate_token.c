@@ -396,6 +396,21 @@ ngx_http_gate_tokens_settings(void *data, PGresult *res)
     ttl = json_is_integer(v) ? (ngx_int_t) json_integer_value(v)
                              : NGX_HTTP_GATE_TOKEN_TTL;
 
+    /* what was asked for must fit the tenant's policy, session or not */
+
+    if (tk->expires_in < 0) {
+        tk->expires_in = ngx_min(ttl, max);
+    }
+
+    if (tk->expires_in > max) {
+        json_decref(settings);
+        ngx_http_gate_tokens_error(r, tk, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                   "invalid_expires_in",
+                                   "expires_in is longer than the tenant "
+                                   "allows.");
+        goto done;
+    }
+
     if (tk->by_session) {
         /* the tenant's default scopes, and never past the session */
 
@@ -420,25 +435,8 @@ ngx_http_gate_tokens_settings(void *data, PGresult *res)
             ngx_memcpy(tk->scope.data, json_string_value(v), tk->scope.len);
         }
 
-        if (tk->expires_in < 0) {
-            tk->expires_in = ngx_min(ttl, max);
-        }
-
         tk->expires_in = ngx_min(tk->expires_in,
                                  (ngx_int_t) (tk->session_exp - ngx_time()));
-    }
-
-    if (tk->expires_in < 0) {
-        tk->expires_in = ngx_min(ttl, max);
-    }
-
-    if (tk->expires_in > max) {
-        json_decref(settings);
-        ngx_http_gate_tokens_error(r, tk, NGX_HTTP_UNPROCESSABLE_ENTITY,
-                                   "invalid_expires_in",
-                                   "expires_in is longer than the tenant "
-                                   "allows.");
-        goto done;
     }
 
     if (tk->expires_in < 1) {
@@ -450,6 +448,12 @@ ngx_http_gate_tokens_settings(void *data, PGresult *res)
 
     if (ngx_http_gate_tokens_check_scope(r, tk, settings) != NGX_OK) {
         json_decref(settings);
+        goto done;
+    }
+
+    if (ngx_http_gate_scope_normalize(r->pool, &tk->scope) != NGX_OK) {
+        json_decref(settings);
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         goto done;
     }
 
@@ -557,6 +561,74 @@ ngx_http_gate_tokens_check_scope(ngx_http_request_t *r,
             return NGX_ERROR;
         }
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * RFC 6749 3.3: scope-tokens separated by one space; the same scope twice
+ * is the scope once.  Stored and answered that way.
+ */
+
+ngx_int_t
+ngx_http_gate_scope_normalize(ngx_pool_t *pool, ngx_str_t *scope)
+{
+    u_char      *p, *last, *start, *out, *o, *q, *qstart;
+    ngx_uint_t   dup;
+
+    out = ngx_pnalloc(pool, scope->len + 1);
+    if (out == NULL) {
+        return NGX_ERROR;
+    }
+
+    o = out;
+    p = scope->data;
+    last = p + scope->len;
+
+    while (p < last) {
+        while (p < last && *p == ' ') {
+            p++;
+        }
+
+        start = p;
+
+        while (p < last && *p != ' ') {
+            p++;
+        }
+
+        if (p == start) {
+            continue;
+        }
+
+        /* already written? */
+
+        dup = 0;
+
+        for (q = out; q < o && !dup; q++) {
+            qstart = q;
+
+            while (q < o && *q != ' ') {
+                q++;
+            }
+
+            dup = (q - qstart == p - start
+                   && ngx_strncmp(qstart, start, p - start) == 0);
+        }
+
+        if (dup) {
+            continue;
+        }
+
+        if (o != out) {
+            *o++ = ' ';
+        }
+
+        o = ngx_cpymem(o, start, p - start);
+    }
+
+    scope->data = out;
+    scope->len = o - out;
 
     return NGX_OK;
 }

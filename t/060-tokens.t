@@ -123,6 +123,13 @@ subtest 'mint with a secret key' => sub {
     is $r->{json}{headers}{'x-gate-tenant-id'}, $tenant{acme}, '... in its tenant';
 };
 
+subtest 'scopes come back as RFC 6749 writes them' => sub {
+    my $r = mint('acme', subject => $ada, scope => '  read   write read ', expires_in => 60);
+    is $r->{status}, 201, 'extra spaces and a repeated scope are no error' or diag $r->{body};
+    is $r->{json}{scope}, 'read write', '... one space between scopes, each once';
+    is introspect('acme', $r->{json}{access_token})->{json}{scope}, 'read write', '... and stored so';
+};
+
 subtest 'mint: what is refused' => sub {
     my @cases = (
         [ 'another tenant\'s subject', [ subject => $bob ], 404, 'not_found' ],
@@ -301,6 +308,9 @@ subtest 'session exchange' => sub {
         is $r->{status}, 422, "asking for \"$scope\" beyond the default scopes: 422";
         is $r->{json}{error}{code}, 'scope_not_allowed', '... scope_not_allowed';
     }
+    $r = $t->request(POST => '/v1/gate/tokens', @as, json => { expires_in => 7201 });
+    is $r->{status}, 422, 'a session asking past the tenant\'s token_max_ttl: 422, as with a key';
+    is $r->{json}{error}{code}, 'invalid_expires_in', '... invalid_expires_in';
     $r = $t->request(POST => '/v1/gate/tokens', @as, json => { scope => 'profile', expires_in => 60 });
     is $r->{status}, 201, 'asking for the default scope itself: 201' or diag $r->{body};
     is $r->{json}{scope}, 'profile', '... with just that scope';

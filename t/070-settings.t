@@ -166,6 +166,13 @@ subtest 'bad bodies are refused and change nothing' => sub {
         'a 422 says its reason phrase';
 };
 
+subtest 'default scopes are stored as tokens carry them' => sub {
+    my $r = settings(globex => 'PUT', json => { default_scopes => '  read  read write ' });
+    is $r->{status}, 200, 'answered 200' or diag $r->{body};
+    is $r->{json}{default_scopes}, 'read write', 'one space between scopes, each once';
+    is settings(globex => 'PUT', json => {})->{status}, 200, 'and back to the defaults';
+};
+
 subtest 'other methods' => sub {
     my $r = settings(acme => 'DELETE');
     is $r->{status}, 405, 'DELETE: 405';
