@@ -182,6 +182,17 @@ ngx_http_gate_flow_check(ngx_http_request_t *r,
                    "The flow store is unavailable; try again later.");
 
     case NGX_HTTP_GATE_STATE_UNKNOWN:
+
+        /*
+         * Behind a session, a flow Gate did not see created (the settings
+         * flow Kratos makes after a recovery) is Kratos' to check: it binds
+         * such a flow to the session's identity, whose tenant Gate checked.
+         */
+
+        if (glcf->auth == NGX_HTTP_GATE_AUTH_SESSION) {
+            return NGX_OK;
+        }
+
         return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_NOT_FOUND,
                                          "not_found", "unknown_flow",
                                          "No such flow.");

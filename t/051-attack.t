@@ -74,9 +74,15 @@ subtest 'A\'s flows through B' => sub {
                     'X-Session-Token' => $a_token);
         is $r->{status}, 401, "settings flow with A's session through B ($method): 401";
     }
-    my $r = req('globex', GET => "/self-service/settings/flows?id=$a_flow{settings}", 'X-Session-Token' => $b_token);
-    isnt $r->{status}, 200, 'A\'s settings flow with B\'s own session: refused by Kratos';
-    unlike $r->{body}, qr/alice-/, '... without A\'s traits';
+    for my $method (qw(GET POST)) {
+        my $path = $method eq 'GET' ? "/self-service/settings/flows?id=$a_flow{settings}"
+                                    : "/self-service/settings?flow=$a_flow{settings}";
+        my $r = req('globex', $method => $path, 'X-Session-Token' => $b_token,
+                    ($method eq 'POST' ? ({ method => 'password', password => "Taken over $run" }) : ()));
+        is $r->{status}, 404, "A's settings flow with B's own session ($method): 404";
+        is $r->{json}{error}{code}, 'not_found', '... Gate\'s not_found, as for an unknown flow';
+        unlike $r->{body}, qr/alice-/, '... without A\'s traits';
+    }
 };
 
 subtest 'A\'s session through B, however it is presented' => sub {

@@ -84,6 +84,7 @@ http {
         location ~ ^/self-service/settings(/flows)?\$ {
             gate_tenant $tenant;
             gate_auth session;
+            gate_flow check;
             proxy_set_header Host \$host;
             proxy_pass http://kratos_public;
         }
