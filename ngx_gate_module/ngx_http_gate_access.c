@@ -186,13 +186,21 @@ ngx_http_gate_access_tenant_name(ngx_http_request_t *r,
     ngx_http_gate_loc_conf_t *glcf, ngx_http_gate_ctx_t *ctx)
 {
     ngx_str_t        *host, *suffix;
+    ngx_uint_t        n;
     ngx_table_elt_t  *h;
 
     switch (glcf->tenant) {
 
     case NGX_HTTP_GATE_TENANT_HEADER:
-        h = ngx_http_gate_headers_find(r, &glcf->tenant_header);
+        h = ngx_http_gate_headers_find(r, &glcf->tenant_header, &n);
         if (h == NULL || h->value.len == 0) {
+            return NGX_OK;
+        }
+
+        /* two tenants named: which one was meant is anybody's guess */
+
+        if (n > 1) {
+            ctx->tenant_twice = 1;
             return NGX_OK;
         }
 
@@ -269,6 +277,13 @@ ngx_http_gate_access_tenant(ngx_http_request_t *r,
                        "invalid_key", "missing_credential",
                        "A secret key (Authorization: Bearer gate_live_sk_...)"
                        " or a session is required.");
+        }
+
+        if (ctx->tenant_twice) {
+            return ngx_http_gate_access_deny(r, ctx, NGX_HTTP_BAD_REQUEST,
+                       "invalid_request", "tenant_twice",
+                       "Name one tenant: the tenant header came more than "
+                       "once.");
         }
 
         if (ctx->tenant_asked.len == 0) {
@@ -797,7 +812,7 @@ ngx_http_gate_access_has_credential(ngx_http_request_t *r)
             && ngx_strncasecmp(h->value.data, (u_char *) "Bearer ", 7) == 0
             && ngx_strncmp(h->value.data + 7, "ory_st_", 7) == 0)
            || r->headers_in.cookies.nelts != 0
-           || ngx_http_gate_headers_find(r, &name) != NULL;
+           || ngx_http_gate_headers_find(r, &name, NULL) != NULL;
 }
 
 

@@ -44,20 +44,26 @@ static ngx_http_gate_header_name_t  ngx_http_gate_header_names[
 
 
 ngx_table_elt_t *
-ngx_http_gate_headers_find(ngx_http_request_t *r, ngx_str_t *lowcase_name)
+ngx_http_gate_headers_find(ngx_http_request_t *r, ngx_str_t *lowcase_name,
+    ngx_uint_t *n)
 {
     ngx_uint_t        i;
     ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
+    ngx_table_elt_t  *h, *first;
 
     part = &r->headers_in.headers.part;
     h = part->elts;
+    first = NULL;
+
+    if (n) {
+        *n = 0;
+    }
 
     for (i = 0; /* void */; i++) {
 
         if (i >= part->nelts) {
             if (part->next == NULL) {
-                return NULL;
+                return first;
             }
 
             part = part->next;
@@ -69,7 +75,15 @@ ngx_http_gate_headers_find(ngx_http_request_t *r, ngx_str_t *lowcase_name)
             && ngx_strncmp(h[i].lowcase_key, lowcase_name->data,
                            lowcase_name->len) == 0)
         {
-            return &h[i];
+            first = first ? first : &h[i];
+
+            /* without a count asked for, the first one is all we need */
+
+            if (n == NULL) {
+                return first;
+            }
+
+            (*n)++;
         }
     }
 }

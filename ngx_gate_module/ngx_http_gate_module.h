@@ -131,6 +131,7 @@ struct ngx_http_gate_ctx_s {
     ngx_http_request_t        *kratos_sr;     /* the last Kratos answer */
     ngx_uint_t                 refusal;       /* a login body's status */
     unsigned                   api_flow:1;
+    unsigned                   tenant_twice:1;
     unsigned                   guarded:1;
 };
 

@@ -68,7 +68,7 @@ ngx_http_gate_session_credential(ngx_http_request_t *r,
 {
     ngx_table_elt_t  *h;
 
-    h = ngx_http_gate_headers_find(r, &ngx_http_gate_session_header);
+    h = ngx_http_gate_headers_find(r, &ngx_http_gate_session_header, NULL);
 
     if (h) {
         *credential = h->value;

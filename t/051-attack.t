@@ -85,6 +85,14 @@ subtest 'A\'s flows through B' => sub {
     }
 };
 
+subtest 'two tenant headers name no tenant' => sub {
+    for my $pair ([qw(acme globex)], [qw(globex acme)], [qw(acme acme)]) {
+        my $r = req($pair->[0], GET => "/self-service/login/flows?id=$a_flow{login}", 'X-Gate-Tenant' => $pair->[1]);
+        is $r->{status}, 400, "X-Gate-Tenant: $pair->[0], then $pair->[1]: 400";
+        is $r->{json}{error}{code}, 'invalid_request', '... invalid_request';
+    }
+};
+
 subtest 'A\'s session through B, however it is presented' => sub {
     for my $presented ([ 'X-Session-Token' => $a_token ], [ Authorization => "Bearer $a_token" ],
                        [ Cookie => "ory_kratos_session=$a_token" ]) {
@@ -120,7 +128,7 @@ subtest 'forged headers change nothing' => sub {
     my $flow = $r->{json}{id};
     $r = $t->request(GET => "/self-service/login/flows?id=$flow",
                      headers => [ 'X-Gate-Tenant' => 'globex', 'X-Gate-Tenant' => 'acme' ]);
-    is $r->{status}, 404, 'two tenant headers: the first counts, A\'s flow stays A\'s';
+    is $r->{status}, 400, 'two tenant headers: refused, A\'s flow stays A\'s';
 };
 
 subtest 'smuggling another flow id past the check' => sub {
