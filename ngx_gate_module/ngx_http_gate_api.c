@@ -228,6 +228,19 @@ ngx_http_gate_api_route(ngx_http_request_t *r, ngx_http_gate_api_t *api)
                            "identity id from a Link header.");
             }
 
+            /* PostgreSQL (Kratos') holds no NUL: the search could not be */
+
+            if (ngx_http_arg(r, (u_char *) "credentials_identifier", 22,
+                             &identifier) == NGX_OK
+                && ngx_strlcasestrn(identifier.data,
+                                    identifier.data + identifier.len,
+                                    (u_char *) "%00", 3 - 1) != NULL)
+            {
+                return ngx_http_gate_api_refuse(api, r, NGX_HTTP_BAD_REQUEST,
+                           "invalid_request",
+                           "credentials_identifier holds a NUL byte.");
+            }
+
             return NGX_OK;
 
         default:

@@ -162,6 +162,15 @@ ngx_http_gate_login_body(ngx_http_request_t *r)
         return;
     }
 
+    /* no identity holds a NUL byte, and Kratos' PostgreSQL cannot say so */
+
+    if (ngx_strlchr(identifier.data, identifier.data + identifier.len, '\0')
+        != NULL)
+    {
+        ngx_http_gate_login_refuse(r, NGX_HTTP_BAD_REQUEST);
+        return;
+    }
+
     /* Kratos normalises the identifier for this lookup as for the login */
 
     args.len = sizeof("credentials_identifier=") - 1

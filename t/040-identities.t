@@ -261,6 +261,7 @@ subtest 'bad input: clear errors, never a 500' => sub {
         [ 'PUT with metadata_admin', PUT => "/$ada",
           json => { schema_id => 'user', traits => { email => $email }, metadata_admin => {} }, 422, 'metadata_admin_forbidden' ],
         [ 'method not allowed', DELETE => '', 405, 'method_not_allowed' ],
+        [ 'a search for a NUL byte', GET => '?credentials_identifier=ada%00', 400, 'invalid_request' ],
     );
     for my $c (@cases) {
         my ($name, $method, $path, @rest) = @$c;

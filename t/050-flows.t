@@ -206,6 +206,9 @@ subtest 'a login body Gate cannot read for certain is refused, not passed' => su
     $r = req('globex', POST => $path, headers => [ 'Content-Type' => 'application/x-www-form-urlencoded' ],
              body => "method=password&identifier=nobody%40globex.test&identifier=" . $ada . "&password=x");
     is $r->{status}, 400, 'a form naming it twice: 400';
+    $r = req('globex', POST => $path, headers => [ 'Content-Type' => 'application/x-www-form-urlencoded' ],
+             body => "method=password&identifier=" . $ada . "%00&password=x");
+    is $r->{status}, 400, 'an identifier with a NUL byte: 400, not a 503 from Kratos\' database';
     $r = req('globex', POST => $path, headers => [ 'Content-Type' => 'multipart/form-data; boundary=x' ],
              body => "--x\r\nContent-Disposition: form-data; name=\"method\"\r\n\r\npassword\r\n--x--\r\n");
     is $r->{status}, 415, 'multipart: 415';
