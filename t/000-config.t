@@ -152,5 +152,30 @@ unlike $out, qr/s3cret-value/, 'the password is not echoed in the error';
 isnt $rc, 0, 'a broken conninfo with a password fails';
 unlike $out, qr/pg-s3cret/, 'the PostgreSQL password is not echoed in the error';
 
+# The example configuration answers nginx's own refusals in Gate's shape.
+# Nothing behind it runs here (no Redis, PostgreSQL or Kratos): these
+# answers need none of them.
+$t->allow_log(qr/gate (redis|postgres)|connect\(\) failed|Connection refused|no live upstreams/);
+$t->start_nginx(conf => example_conf());
+for my $case (
+    [ 'an unknown route', GET => '/no/such/route', undef, 404, 'not_found' ],
+    [ 'an internal location from outside', GET => '/_gate/kratos-admin/admin/identities', undef, 404, 'not_found' ],
+    [ 'TRACE', TRACE => '/v1/gate/identities', undef, 405, 'method_not_allowed' ],
+    [ 'a URI of 9000 bytes', GET => '/' . ('a' x 9000), undef, 414, 'uri_too_long' ],
+    [ 'a body over client_max_body_size', POST => '/v1/gate/identities', 'x' x (1024 * 1024 + 1), 413, 'body_too_large' ],
+    [ 'a header over the buffers', GET => '/v1/gate/identities', undef, 400, 'bad_request', [ 'X-Big' => 'b' x 40000 ] ],
+    [ 'Kratos not answering a proxied route', GET => '/health/ready', undef, 503, 'unavailable' ],
+) {
+    my ($name, $method, $path, $body, $status, $code, $headers) = @$case;
+    my $r = $t->request($method, $path, (defined $body ? (body => $body) : ()),
+                        headers => [ 'Content-Type' => 'application/json', @{ $headers // [] } ]);
+    is $r->{status}, $status, "$name: $status";
+    like $r->{headers}{'content-type'} // '', qr{^application/json}, '... as JSON';
+    is $r->{json}{error}{code}, $code, "... $code";
+}
+my $garbage = $t->request(GET => '/', raw => "NOT A REQUEST LINE\r\n\r\n");
+is $garbage->{status}, 400, 'a request line nginx cannot read: 400';
+is $garbage->{json}{error}{code}, 'bad_request', '... bad_request, as JSON';
+
 $t->finish;
 done_testing;
