@@ -1052,14 +1052,15 @@ ngx_http_gate_tokens_client_checked(ngx_http_request_t *r)
 
     if (tk->client_id.len == 0
         || (tk->client_id.len == tk->tenant.len
-            && ngx_strncmp(tk->client_id.data, tk->tenant.data,
-                           tk->tenant.len) == 0))
+            && ngx_strncasecmp(tk->client_id.data, tk->tenant.data,
+                               tk->tenant.len) == 0))
     {
         ngx_http_gate_tokens_act(r, tk);
         return;
     }
 
-    /* a client_id that is a slug: it must be the key's tenant's */
+    /* a client_id that is a slug: it must be the key's tenant's (in any
+     * case, as the tenant header is read) */
 
     if (ngx_http_gate_tokens_pg(r, NGX_HTTP_GATE_SQL_TENANT_SETTINGS, 1,
                                 &tk->tenant, ngx_http_gate_tokens_client_slug)
@@ -1089,8 +1090,8 @@ ngx_http_gate_tokens_client_slug(void *data, PGresult *res)
 
     } else if (PQntuples(res) == 1
                && (size_t) PQgetlength(res, 0, 0) == tk->client_id.len
-               && ngx_strncmp(PQgetvalue(res, 0, 0), tk->client_id.data,
-                              tk->client_id.len) == 0)
+               && ngx_strncasecmp((u_char *) PQgetvalue(res, 0, 0),
+                                  tk->client_id.data, tk->client_id.len) == 0)
     {
         ngx_http_gate_tokens_act(r, tk);
 

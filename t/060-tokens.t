@@ -207,6 +207,9 @@ subtest 'introspection (RFC 7662)' => sub {
     ok $r->{json}{active}, 'client_id/client_secret form fields work';
     $r = form('/v1/gate/tokens/introspect', "token=$token&client_id=$tenant{acme}&client_secret=$key{acme}");
     ok $r->{json}{active}, 'client_id may be the tenant id';
+    $r = form('/v1/gate/tokens/introspect', "token=$token",
+              Authorization => 'Basic ' . encode_base64("ACME:$key{acme}", ''));
+    ok $r->{json}{active}, 'the slug in any case, as the tenant header takes it';
 
     for my $bad ([ 'wrong secret', 'Basic ' . encode_base64('acme:' . new_secret('gate_live_sk_'), '') ],
                  [ 'another tenant\'s slug', 'Basic ' . encode_base64("globex:$key{acme}", '') ],
