@@ -207,11 +207,15 @@ subtest 'last_used_at is kept without a write per request' => sub {
 
 subtest 'PostgreSQL itself refuses a slug shaped like a tenant id' => sub {
     for my $slug ($acme_id, 'ab-') {
+        # psql's own complaint is the expected outcome: keep it off the output
+        open my $saved, '>&', \*STDERR or die;
+        open STDERR, '>', '/dev/null' or die;
         my $ok = eval {
             $pg->sql(q{INSERT INTO tenants (id, slug, name) VALUES (gen_random_uuid(), :'slug', 'x')},
                      slug => $slug);
             1;
         };
+        open STDERR, '>&', $saved or die;
         ok !$ok, "slug \"$slug\" refused by the tenants_slug_shape check";
     }
 };
