@@ -175,6 +175,22 @@ sub _expand {
     $text =~ s/%%REDIS_PORT_(\w+)%%/$self->redis_port($1)/ge;
     $text =~ s{%%ENV_(\w+)%%}{$ENV{$1} // croak "%%ENV_$1%%: \$ENV{$1} is not set"}ge;
     croak "unknown placeholder $1 in nginx config" if $text =~ /(%%\w+%%)/;
+    $text = _stretch_deadlines($text) if $VALGRIND;
+    return $text;
+}
+
+# Under valgrind a worker's first commands take far longer than Gate's
+# default deadlines (100 ms to connect to Redis, 200 ms a command): where a
+# test leaves them at their defaults, they are stretched.  Deadlines a test
+# sets itself, to test them, stay as written.
+sub _stretch_deadlines {
+    my ($text) = @_;
+    $text =~ s{^(\s*gate_redis\s+[^;]*?)\s*;}{
+        my $d = $1;
+        $d .= ' connect_timeout=2s' unless $d =~ /connect_timeout=/;
+        $d .= ' timeout=2s' unless $d =~ /(?<!connect_)timeout=/;
+        "$d;"
+    }gme;
     return $text;
 }
 
@@ -261,6 +277,13 @@ sub start_nginx {
             . "--- error.log:\n" . _tail("$dir/error.log", 30)
             . "--- stderr:\n" . _tail("$dir/stderr.log", 30));
     }
+
+    # Under valgrind a new worker needs seconds, not milliseconds, to open
+    # and prepare its Redis and PostgreSQL connections, longer than the
+    # deadlines the tests configure; its first requests would measure
+    # valgrind, not Gate.  Let it settle (its retries come within 2 s).
+    sleep 3 if $VALGRIND && !$self->{no_module};
+
     return $port;
 }
 
