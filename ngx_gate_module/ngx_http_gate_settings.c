@@ -312,10 +312,10 @@ ngx_http_gate_settings_check_ttl(ngx_http_request_t *r, json_t *body)
 static ngx_int_t
 ngx_http_gate_settings_check_scopes(ngx_http_request_t *r, json_t *body)
 {
+    u_char      *p, *last;
     size_t       i, j;
     json_t      *allowed, *defaults, *v, *w;
-    ngx_str_t    scope;
-    const char  *p, *last, *start;
+    ngx_str_t    scope, one;
     ngx_uint_t   n;
 
     allowed = json_object_get(body, "allowed_scopes");
@@ -358,33 +358,21 @@ ngx_http_gate_settings_check_scopes(ngx_http_request_t *r, json_t *body)
         goto bad_defaults;
     }
 
-    p = json_string_value(defaults);
+    p = (u_char *) json_string_value(defaults);
     last = p + json_string_length(defaults);
     n = 0;
 
-    while (p < last) {
-        while (p < last && *p == ' ') {
-            p++;
-        }
-
-        start = p;
-
-        while (p < last && *p != ' ') {
-            p++;
-        }
-
-        if (p == start) {
-            continue;
-        }
+    while (ngx_http_gate_scope_next(&p, last, &one) == NGX_OK) {
 
         if (++n > NGX_HTTP_GATE_SETTINGS_DEFAULT_MAX
-            || !ngx_http_gate_settings_scope_ok(start, p - start))
+            || !ngx_http_gate_settings_scope_ok((char *) one.data, one.len))
         {
             goto bad_defaults;
         }
 
         if (json_is_array(allowed)
-            && !ngx_http_gate_settings_allowed(allowed, start, p - start))
+            && !ngx_http_gate_settings_allowed(allowed, (char *) one.data,
+                                               one.len))
         {
             ngx_http_gate_settings_refuse(r, NGX_HTTP_UNPROCESSABLE_ENTITY,
                                           "invalid_setting",

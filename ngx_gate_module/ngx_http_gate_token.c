@@ -488,9 +488,10 @@ static ngx_int_t
 ngx_http_gate_tokens_check_scope(ngx_http_request_t *r,
     ngx_http_gate_tokens_t *tk, json_t *settings)
 {
-    u_char      *p, *last, *start, *message;
+    u_char      *p, *last, *message;
     size_t       i;
     json_t      *allowed, *a;
+    ngx_str_t    one;
     ngx_uint_t   n, ok;
 
     allowed = json_object_get(settings, "allowed_scopes");
@@ -498,15 +499,12 @@ ngx_http_gate_tokens_check_scope(ngx_http_request_t *r,
     last = p + tk->scope.len;
     n = 0;
 
-    while (p < last) {
-        while (p < last && *p == ' ') {
-            p++;
-        }
+    while (ngx_http_gate_scope_next(&p, last, &one) == NGX_OK) {
 
-        start = p;
-
-        while (p < last && *p != ' ') {
-            if (*p < 0x21 || *p == 0x22 || *p == 0x5c || *p > 0x7e) {
+        for (i = 0; i < one.len; i++) {
+            if (one.data[i] < 0x21 || one.data[i] == 0x22
+                || one.data[i] == 0x5c || one.data[i] > 0x7e)
+            {
                 ngx_http_gate_tokens_error(r, tk,
                                            NGX_HTTP_UNPROCESSABLE_ENTITY,
                                            "invalid_scope",
@@ -514,15 +512,9 @@ ngx_http_gate_tokens_check_scope(ngx_http_request_t *r,
                                            "does not allow.");
                 return NGX_ERROR;
             }
-
-            p++;
         }
 
-        if (p == start) {
-            continue;
-        }
-
-        if (++n > NGX_HTTP_GATE_TOKEN_SCOPES_MAX || p - start > 128) {
+        if (++n > NGX_HTTP_GATE_TOKEN_SCOPES_MAX || one.len > 128) {
             ngx_http_gate_tokens_error(r, tk, NGX_HTTP_UNPROCESSABLE_ENTITY,
                                        "invalid_scope",
                                        "Too many or too long scopes.");
@@ -537,8 +529,8 @@ ngx_http_gate_tokens_check_scope(ngx_http_request_t *r,
 
         json_array_foreach(allowed, i, a) {
             if (json_is_string(a)
-                && json_string_length(a) == (size_t) (p - start)
-                && ngx_strncmp(json_string_value(a), start, p - start) == 0)
+                && json_string_length(a) == one.len
+                && ngx_strncmp(json_string_value(a), one.data, one.len) == 0)
             {
                 ok = 1;
                 break;
@@ -554,7 +546,7 @@ ngx_http_gate_tokens_check_scope(ngx_http_request_t *r,
 
             *ngx_snprintf(message, 199,
                           "Scope \"%*s\" is not allowed for this tenant.",
-                          (size_t) ngx_min(p - start, 128), start) = '\0';
+                          ngx_min(one.len, 128), one.data) = '\0';
 
             ngx_http_gate_tokens_error(r, tk, NGX_HTTP_UNPROCESSABLE_ENTITY,
                                        "scope_not_allowed", (char *) message);
@@ -574,7 +566,8 @@ ngx_http_gate_tokens_check_scope(ngx_http_request_t *r,
 ngx_int_t
 ngx_http_gate_scope_normalize(ngx_pool_t *pool, ngx_str_t *scope)
 {
-    u_char      *p, *last, *start, *out, *o, *q, *qstart;
+    u_char      *p, *last, *out, *o, *q;
+    ngx_str_t    one, seen;
     ngx_uint_t   dup;
 
     out = ngx_pnalloc(pool, scope->len + 1);
@@ -586,34 +579,16 @@ ngx_http_gate_scope_normalize(ngx_pool_t *pool, ngx_str_t *scope)
     p = scope->data;
     last = p + scope->len;
 
-    while (p < last) {
-        while (p < last && *p == ' ') {
-            p++;
-        }
-
-        start = p;
-
-        while (p < last && *p != ' ') {
-            p++;
-        }
-
-        if (p == start) {
-            continue;
-        }
+    while (ngx_http_gate_scope_next(&p, last, &one) == NGX_OK) {
 
         /* already written? */
 
         dup = 0;
+        q = out;
 
-        for (q = out; q < o && !dup; q++) {
-            qstart = q;
-
-            while (q < o && *q != ' ') {
-                q++;
-            }
-
-            dup = (q - qstart == p - start
-                   && ngx_strncmp(qstart, start, p - start) == 0);
+        while (!dup && ngx_http_gate_scope_next(&q, o, &seen) == NGX_OK) {
+            dup = (seen.len == one.len
+                   && ngx_strncmp(seen.data, one.data, one.len) == 0);
         }
 
         if (dup) {
@@ -624,13 +599,39 @@ ngx_http_gate_scope_normalize(ngx_pool_t *pool, ngx_str_t *scope)
             *o++ = ' ';
         }
 
-        o = ngx_cpymem(o, start, p - start);
+        o = ngx_cpymem(o, one.data, one.len);
     }
 
     scope->data = out;
     scope->len = o - out;
 
     return NGX_OK;
+}
+
+
+/* The next of space-separated scopes; NGX_DONE when there is none. */
+
+ngx_int_t
+ngx_http_gate_scope_next(u_char **pos, u_char *last, ngx_str_t *scope)
+{
+    u_char  *p;
+
+    p = *pos;
+
+    while (p < last && *p == ' ') {
+        p++;
+    }
+
+    scope->data = p;
+
+    while (p < last && *p != ' ') {
+        p++;
+    }
+
+    scope->len = p - scope->data;
+    *pos = p;
+
+    return scope->len ? NGX_OK : NGX_DONE;
 }
 
 
@@ -643,9 +644,10 @@ static ngx_int_t
 ngx_http_gate_tokens_session_scope(ngx_http_request_t *r,
     ngx_http_gate_tokens_t *tk, json_t *defaults)
 {
-    json_t      *limit, *allowed;
-    ngx_int_t    rc;
-    const char  *p, *last, *start;
+    u_char     *p, *last;
+    json_t     *limit, *allowed;
+    ngx_int_t   rc;
+    ngx_str_t   one;
 
     limit = json_pack("{s:[]}", "allowed_scopes");
     if (limit == NULL) {
@@ -655,23 +657,13 @@ ngx_http_gate_tokens_session_scope(ngx_http_request_t *r,
 
     allowed = json_object_get(limit, "allowed_scopes");
 
-    p = json_is_string(defaults) ? json_string_value(defaults) : "";
+    p = (u_char *) (json_is_string(defaults) ? json_string_value(defaults)
+                                             : "");
     last = p + ngx_strlen(p);
 
-    while (p < last) {
-        while (p < last && *p == ' ') {
-            p++;
-        }
-
-        start = p;
-
-        while (p < last && *p != ' ') {
-            p++;
-        }
-
-        if (p > start) {
-            json_array_append_new(allowed, json_stringn(start, p - start));
-        }
+    while (ngx_http_gate_scope_next(&p, last, &one) == NGX_OK) {
+        json_array_append_new(allowed,
+                              json_stringn((char *) one.data, one.len));
     }
 
     rc = ngx_http_gate_tokens_check_scope(r, tk, limit);
