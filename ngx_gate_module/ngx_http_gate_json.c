@@ -125,9 +125,13 @@ ngx_http_gate_json_send(ngx_http_request_t *r, ngx_uint_t status,
         ngx_str_set(&r->headers_out.status_line, "422 Unprocessable Content");
     }
 
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
+    /* an empty answer (RFC 7009's 200) is no JSON document */
+
+    if (body->len) {
+        ngx_str_set(&r->headers_out.content_type, "application/json");
+        r->headers_out.content_type_len = r->headers_out.content_type.len;
+        r->headers_out.content_type_lowcase = NULL;
+    }
 
     b = ngx_calloc_buf(r->pool);
     if (b == NULL) {

@@ -248,6 +248,8 @@ subtest 'revocation (RFC 7009) holds on every node at once' => sub {
 
     $r = form('/v1/gate/tokens/revoke', "token=$victim", Authorization => "Bearer $key{acme}");
     is $r->{status}, 200, 'its tenant revokes it: 200';
+    is $r->{body}, '', '... with an empty body';
+    ok !exists $r->{headers}{'content-type'}, '... that claims no type';
     my $t0 = time;
     my %when;
     while (time - $t0 < 2 && keys %when < 2) {
