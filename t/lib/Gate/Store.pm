@@ -39,6 +39,7 @@ sub new {
 
     $self->migrate or croak 'migrations failed';
     push @LIVE, $self;
+    push @{ $t->{stores} }, $self;    # $t->finish stops it before removing its dir
     return $self;
 }
 

@@ -627,6 +627,9 @@ sub finish {
     $self->stop_redis($_) for keys %{ $self->{redis} };
     $_->stop for values %{ $self->{upstreams} };
 
+    # a private PostgreSQL lives in the temp dir: stop it before the dir goes
+    $_->finish for @{ $self->{stores} // [] };
+
     my $keep = $ENV{GATE_TEST_LEAVE} || $opts{failed} || $self->{quiet_failure}
         || !Test::More->builder->is_passing;
     if ($keep) {
