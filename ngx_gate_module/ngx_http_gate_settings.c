@@ -50,8 +50,7 @@ static ngx_uint_t ngx_http_gate_settings_scope_ok(const char *scope,
     size_t len);
 static ngx_uint_t ngx_http_gate_settings_allowed(json_t *allowed,
     const char *scope, size_t len);
-static void ngx_http_gate_settings_loaded(void *data, PGresult *res);
-static void ngx_http_gate_settings_stored(void *data, PGresult *res);
+static void ngx_http_gate_settings_answered(void *data, PGresult *res);
 static void ngx_http_gate_settings_respond(ngx_http_request_t *r,
     json_t *stored);
 static void ngx_http_gate_settings_refuse(ngx_http_request_t *r,
@@ -95,7 +94,7 @@ ngx_http_gate_settings_handler(ngx_http_request_t *r)
         if (ngx_http_gate_pg_request(r, &st->query,
                                      NGX_HTTP_GATE_SQL_TENANT_SETTINGS, 1,
                                      &ctx->tenant_id,
-                                     ngx_http_gate_settings_loaded)
+                                     ngx_http_gate_settings_answered)
             != NGX_OK)
         {
             return ngx_http_gate_json_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -215,7 +214,7 @@ ngx_http_gate_settings_body(ngx_http_request_t *r)
     }
 
     if (ngx_http_gate_pg_request(r, &st->query, NGX_HTTP_GATE_SQL_SETTINGS_PUT,
-                                 2, params, ngx_http_gate_settings_stored)
+                                 2, params, ngx_http_gate_settings_answered)
         != NGX_OK)
     {
         ngx_http_gate_settings_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -459,41 +458,13 @@ ngx_http_gate_settings_allowed(json_t *allowed, const char *scope, size_t len)
 }
 
 
-static void
-ngx_http_gate_settings_loaded(void *data, PGresult *res)
-{
-    json_t                    *stored;
-    ngx_connection_t          *c;
-    ngx_http_request_t        *r = data;
-    ngx_http_gate_ctx_t       *ctx;
-    ngx_http_gate_settings_t  *st;
-
-    c = r->connection;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_gate_module);
-    st = ctx->api;
-    st->query = NULL;
-
-    if (res == NULL || PQntuples(res) != 1) {
-        ngx_http_gate_settings_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                      "unavailable",
-                                      "The settings store is unavailable.",
-                                      NULL);
-        goto done;
-    }
-
-    stored = json_loads(PQgetvalue(res, 0, 1), 0, NULL);
-    st->settings = stored;
-
-    ngx_http_gate_settings_respond(r, stored);
-
-done:
-
-    ngx_http_run_posted_requests(c);
-}
-
+/*
+ * PostgreSQL answered: a GET reads the policy from the row, a PUT already
+ * holds what it stored.
+ */
 
 static void
-ngx_http_gate_settings_stored(void *data, PGresult *res)
+ngx_http_gate_settings_answered(void *data, PGresult *res)
 {
     ngx_connection_t          *c;
     ngx_http_request_t        *r = data;
@@ -505,12 +476,18 @@ ngx_http_gate_settings_stored(void *data, PGresult *res)
     st = ctx->api;
     st->query = NULL;
 
-    if (res == NULL) {
+    if (res == NULL
+        || (r->method != NGX_HTTP_PUT && PQntuples(res) != 1))
+    {
         ngx_http_gate_settings_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                       "unavailable",
                                       "The settings store is unavailable; "
                                       "nothing was changed.", NULL);
         goto done;
+    }
+
+    if (r->method != NGX_HTTP_PUT) {
+        st->settings = json_loads(PQgetvalue(res, 0, 1), 0, NULL);
     }
 
     ngx_http_gate_settings_respond(r, st->settings);
